@@ -1,0 +1,42 @@
+# The two quick-start commands are `make demo` and `make test`; every
+# other target is for developers. Everything runs inside .venv, which the
+# first target that needs it creates from scratch.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-slow lint typecheck bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=..." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+## Run the demo against an embedded etcd it starts itself.
+demo: $(STAMP)
+	$(BIN)/etcdroute demo
+
+## Run every test: the default suite, then the slow fault suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m slow -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check etcdroute tests benchmarks
+	$(BIN)/ruff format --check etcdroute tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
