@@ -281,6 +281,36 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _count_field(raw: bytes, field_number: int) -> int:
+    """Count occurrences of a length-delimited field in a protobuf message."""
+    count = pos = 0
+    while pos < len(raw):
+        tag, pos = _read_varint(raw, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(raw, pos)
+        elif wire_type == 2:
+            size, pos = _read_varint(raw, pos)
+            pos += size
+            count += number == field_number
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            raise StoreError(f"unexpected protobuf wire type {wire_type}")
+    return count
+
+
 def _key_value(kv: Any) -> KeyValue:
     return KeyValue(
         key=kv.key.decode("utf-8", errors="surrogateescape"),
@@ -638,11 +668,20 @@ class EtcdStore:
         return [key.decode("utf-8", errors="surrogateescape") for key in response.keys]
 
     def lease_count(self) -> int:
-        """Number of leases currently alive in the cluster."""
-        response = self._call(
-            "list leases", self._lease.LeaseLeases, etcdrpc.LeaseLeasesRequest()
+        """Number of leases currently alive in the cluster.
+
+        python-etcd3's generated stubs predate etcd's ``LeaseLeases`` call,
+        so it is made here as a raw unary call: the request is an empty
+        message and the answer's repeated field 2 holds one entry per
+        lease, which is all that is counted.
+        """
+        method = self._channel.unary_unary(
+            "/etcdserverpb.Lease/LeaseLeases",
+            request_serializer=lambda _: b"",
+            response_deserializer=lambda raw: raw,
         )
-        return len(response.leases)
+        raw = self._call("list leases", method, None)
+        return _count_field(raw, 2)
 
     # ------------------------------------------------------ maintenance
 
@@ -664,6 +703,18 @@ class EtcdStore:
         """Compact the history up to ``revision``."""
         request = etcdrpc.CompactionRequest(revision=revision, physical=physical)
         self._call(f"compact at {revision}", self._kv.Compact, request)
+
+    def defragment(self) -> None:
+        """Defragment the connected member, giving freed space back.
+
+        Blocks that member's reads and writes while it runs; an admin
+        and benchmark call (database size measurements), never a hot path.
+        """
+        self._call(
+            "defragment",
+            self._maintenance.Defragment,
+            etcdrpc.DefragmentRequest(),
+        )
 
     # ----------------------------------------------------------- watches
 
