@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from etcdroute.bench.cli import bench
 from etcdroute.demo import DemoOptions, run_demo
 from etcdroute.embedded import EmbeddedEtcd
 from etcdroute.errors import EtcdRouteError, InvalidArgumentError, StoreError
@@ -200,6 +201,8 @@ class _command:
             raise click.ClickException(str(exc))
         return False
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

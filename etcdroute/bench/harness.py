@@ -253,6 +253,9 @@ class Harness:
             **run_figures(result.ops, result.wall),
             "wall_s": result.wall,
             "retries": result.retries,
+            "client_cpu_us_per_op": 1e6
+            * result.cpu_seconds
+            / max(len(result.ops), 1),
             "final_links": len(final),
             "leases": {
                 "baseline": baseline,
@@ -311,6 +314,7 @@ def aggregate(result: ScenarioResult, variant: str) -> dict[str, Any]:
         "p50_ms": median("p50_ms"),
         "p99_ms": median("p99_ms"),
         "p999_ms": median("p999_ms"),
+        "client_cpu_us_per_op": median("client_cpu_us_per_op"),
         "ops": sum(run["ops"] for run in runs),
         "conflicts": sum(run["conflicts"] for run in runs),
         "retries": sum(run["retries"] for run in runs),
@@ -333,12 +337,12 @@ def verdict(
     """Readable verdict; see :func:`failures` for what fails a run."""
     if variant == "naive":
         if caught_every_round:
-            return f"caught ({violations} violations)"
+            return f"caught {violations}"
         if result.scenario.contention:
-            return "NOT CAUGHT under contention"
-        return f"{violations} violations (no contention required)"
+            return "NOT CAUGHT"
+        return f"{violations} (no contention)"
     if violations:
-        return f"VIOLATED ({violations})"
+        return f"VIOLATED {violations}"
     return "correct"
 
 

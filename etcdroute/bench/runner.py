@@ -81,6 +81,8 @@ class RunResult:
     started: float
     ended: float
     retries: int
+    #: CPU seconds the workers used while running (user + system).
+    cpu_seconds: float
     error_samples: list[str] = field(default_factory=list)
 
     @property
@@ -130,11 +132,12 @@ def run_variant(
                 worker.terminate()
             worker.join()
     retries = sum(int(body["retries"]) for body in finals)
+    cpu = sum(float(body["cpu"]) for body in finals)
     samples = [text for body in finals for text in body["errors"]][:10]
     ops = _merge(paths, spec)
     ends = (op["complete"] or op["invoke"] for op in ops)
     ended = max(ends, default=started)
-    return RunResult(spec, ops, started, ended, retries, samples)
+    return RunResult(spec, ops, started, ended, retries, cpu, samples)
 
 
 def _join_any(workers: list[Any], timeout: float) -> None:
@@ -214,6 +217,7 @@ def _worker(
         return
 
     deadline = go_time.value + spec.duration if spec.duration > 0 else None
+    cpu_start = time.process_time()
     histories: list[list[dict[str, Any]]] = []
     errors: list[str] = []
     threads = []
@@ -233,13 +237,19 @@ def _worker(
         thread.start()
     for thread in threads:
         thread.join()
+    cpu = time.process_time() - cpu_start
     client.close()
 
     with open(path, "w", encoding="utf-8") as out:
         for history in histories:
             for op in history:
                 out.write(json.dumps(op) + "\n")
-    body = {"index": index, "retries": client.retries, "errors": errors[:5]}
+    body = {
+        "index": index,
+        "retries": client.retries,
+        "errors": errors[:5],
+        "cpu": cpu,
+    }
     messages.put(("done", body))
 
 
