@@ -24,12 +24,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/etcdroute bench --quick --output benchmarks/results/tmp/ci-quick.json
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
+
+## Contention benchmark: the recorded full run, and the quick CI set.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_contention.py --full --output benchmarks/results/full.json
+
+bench-quick: $(STAMP)
+	$(BIN)/etcdroute bench --quick --output benchmarks/results/tmp/quick.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check etcdroute tests benchmarks
