@@ -1,12 +1,14 @@
 """Contention benchmark: etcdroute against raw txn, lock-per-uid, naive.
 
 A thin wrapper of ``etcdroute bench`` (same options), plus ``--replot
-RECORD.json [PLOT.png]`` to redraw the plot of a stored record. Examples::
+RECORD.json [PLOT.png]`` to redraw the plot of a stored record and
+``--markdown RECORD.json`` to print its tables as Markdown. Examples::
 
     python benchmarks/bench_contention.py --quick
     python benchmarks/bench_contention.py --full \\
         --output benchmarks/results/full.json
     python benchmarks/bench_contention.py --replot benchmarks/results/full.json
+    python benchmarks/bench_contention.py --markdown results/full.json
 
 Results and their meaning: docs/benchmarks.md.
 """
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 from etcdroute.bench.cli import bench
-from etcdroute.bench.report import plot
+from etcdroute.bench.report import markdown, plot
 
 
 def replot(record_path: str, plot_path: str | None = None) -> int:
@@ -35,4 +37,7 @@ if __name__ == "__main__":
     # The guard matters: workers are spawned and import this module.
     if len(sys.argv) > 1 and sys.argv[1] == "--replot":
         sys.exit(replot(*sys.argv[2:4]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        sys.exit(0)
     bench(prog_name="bench_contention.py")

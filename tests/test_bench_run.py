@@ -18,7 +18,7 @@ from etcdroute.bench.harness import (
     aggregate,
     failures,
 )
-from etcdroute.bench.report import document, plot
+from etcdroute.bench.report import document, markdown, plot
 from etcdroute.bench.workload import Workload
 from etcdroute.cli import main
 from etcdroute.errors import InvalidArgumentError
@@ -124,6 +124,9 @@ def test_the_record_and_plot_are_written(hot_run: Any, tmp_path: Path) -> None:
     assert scenario["ratios"]["etcdroute/raw"] > 0
     assert scenario["variants"]["naive"]["violations"] > 0
     json.dumps(record)
+    table = markdown(record)
+    assert table.count("\n| ") == 5  # header, one row per variant
+    assert "| naive |" in table and "caught" in table
     # No sweep in this record: nothing to plot.
     assert plot(record, tmp_path / "none.png") is False
     scenario["sweeps"] = ["concurrency", "skew"]

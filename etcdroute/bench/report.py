@@ -270,3 +270,37 @@ def plot(record: dict[str, Any], path: str | Path) -> bool:
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return True
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The record's tables in Markdown (for docs/benchmarks.md)."""
+    lines = []
+    for scenario in record["scenarios"]:
+        lines.append(
+            f"**{scenario['name']}** ({scenario['label']}, "
+            f"{scenario['processes']} process(es) x {scenario['threads']} "
+            f"threads, {scenario['duration_s']:g} s per run): "
+            + ", ".join(
+                f"{name} = {_ratio(value)}"
+                for name, value in scenario["ratios"].items()
+            )
+        )
+        lines.append("")
+        lines.append(
+            "| variant | ops/s | try_set/s | p50 ms | p99 ms | p999 ms "
+            "| conflicts | retries | errors | client CPU us/op "
+            "| leases over baseline | verdict |"
+        )
+        lines.append("|" + "---|" * 12)
+        for name, f in scenario["variants"].items():
+            lines.append(
+                f"| {name} | {f['throughput']:.0f} "
+                f"| {f['try_set_throughput']:.0f} | {f['p50_ms']:.2f} "
+                f"| {f['p99_ms']:.2f} | {f['p999_ms']:.2f} "
+                f"| {f['conflicts']} | {f['retries']} | {f['errors']} "
+                f"| {f['client_cpu_us_per_op']:.0f} "
+                f"| {max(0, f['lease_peak_over_baseline'])} "
+                f"| {f['verdict']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
