@@ -159,7 +159,7 @@ def bench(**options: Any) -> None:
         history_dir = options["history_dir"] or str(
             output.with_name(output.stem + "-histories")
         )
-        repeat = options["repeat"] or (2 if options["full"] else 1)
+        repeat = options["repeat"] or (3 if options["full"] else 1)
         config = BenchConfig(
             scenarios,
             history_dir=history_dir,

@@ -1,12 +1,15 @@
 """Run every variant on every scenario against one etcd, and judge them.
 
-For each scenario and round, the variants run one after the other, in an
-order rotated every round (so no variant always runs on a warmer or a
-busier etcd). Each run gets fresh pods: ``pods`` server drivers register
-a service of their own, one lease each, and stay registered until the
-run's final links are read. Meanwhile the harness samples etcd's live
-lease count: with etcdroute it must stay at most baseline + one per pod
-and fall back to the baseline once the pods stop (field report FR13).
+For each scenario and round, the variants run one after the other;
+neighbours in that order swap places every other round, so no variant
+always runs first, and etcdroute always runs next to raw: the ratio of
+the two is taken per round (paired), which cancels most of the drift of
+a shared machine's load. Each run gets fresh pods: ``pods`` server
+drivers register a service of their own, one lease each, and stay
+registered until the run's final links are read. Meanwhile the harness
+samples etcd's live lease count: with etcdroute it must stay at most
+baseline + one per pod and fall back to the baseline once the pods stop
+(field report FR13).
 
 Each run is judged by :mod:`etcdroute.bench.invariants`: etcdroute must
 show no violation; the naive variant must show some in every contention
@@ -140,7 +143,7 @@ class Harness:
             for scenario in self.config.scenarios:
                 result = ScenarioResult(scenario)
                 for round_number in range(self.config.repeat):
-                    for variant in _rotated(
+                    for variant in _ordered(
                         self.config.variants, round_number
                     ):
                         run = self.run_one(scenario, variant, round_number)
@@ -288,9 +291,18 @@ def _pod_ref(driver: ServerDriver) -> PodRef:
     )
 
 
-def _rotated(items: Sequence[str], by: int) -> list[str]:
-    shift = by % len(items)
-    return list(items[shift:]) + list(items[:shift])
+def _ordered(items: Sequence[str], round_number: int) -> list[str]:
+    """Variants in run order: neighbours swap places every other round.
+
+    etcdroute and raw stay next to each other (their ratio is taken per
+    round, so a change of machine load between them matters least) and
+    neither always runs first.
+    """
+    order = list(items)
+    if round_number % 2:
+        for index in range(0, len(order) - 1, 2):
+            order[index], order[index + 1] = order[index + 1], order[index]
+    return order
 
 
 # ------------------------------------------------------------ verdicts
@@ -373,12 +385,20 @@ def failures(results: list[ScenarioResult]) -> list[str]:
 
 
 def ratios(result: ScenarioResult) -> dict[str, float | None]:
-    """etcdroute's median throughput over raw's and over lock's."""
-    ours = aggregate(result, "etcdroute").get("throughput")
+    """etcdroute's throughput over raw's and over lock's.
+
+    The median of the per-round ratios (each round's runs are
+    neighbours in time); None when a variant did not run.
+    """
+    ours = {run["round"]: run for run in result.variant_runs("etcdroute")}
     found: dict[str, float | None] = {}
     for other in ("raw", "lock"):
-        theirs = aggregate(result, other).get("throughput")
+        paired = [
+            ours[run["round"]]["throughput"] / run["throughput"]
+            for run in result.variant_runs(other)
+            if run["round"] in ours and run["throughput"] > 0
+        ]
         found[f"etcdroute/{other}"] = (
-            ours / theirs if ours is not None and theirs else None
+            float(statistics.median(paired)) if paired else None
         )
     return found

@@ -5,9 +5,10 @@ etcdroute afresh and opens its own connection after it starts (a gRPC
 channel must never cross a ``fork()``, field report FR11). Each worker
 connects, reports ready, and waits for one shared start signal; its
 threads then run operations until the common deadline (or an operation
-budget) and record every call in the history format of
-``docs/history-format.md``: one caller (``process`` field) is one thread,
-times are ``time.monotonic()``, which on Linux is one system-wide clock.
+budget) and record every call in the history format shared with the
+history checker (``etcdroute.checker``): one caller (``process`` field)
+is one thread, times are ``time.monotonic()``, which on Linux is one
+system-wide clock.
 
 Each worker writes its history to a JSON-lines file; :func:`run_variant`
 merges them, sorted by invocation time, into one file per variant with a
