@@ -253,3 +253,37 @@ def test_capacity_model_measures_storage_per_link() -> None:
     # A link is a ~60-byte key and a ~30-byte value plus bbolt overhead.
     assert 60 < figures["bytes_per_link"] < 2000
     assert figures["create_rate"] > 0
+
+
+def test_variants_run_together_share_one_window(
+    etcd_endpoints: str, tmp_path: Path
+) -> None:
+    workload = Workload("hotkey", keys=100, hot_keys=4, seed=3)
+    scenario = Scenario(
+        "duel",
+        workload,
+        1,
+        4,
+        1.5,
+        variants=("etcdroute", "naive"),
+        together=True,
+    )
+    config = BenchConfig((scenario,), history_dir=str(tmp_path), pods=2)
+    with EtcdStore(etcd_endpoints) as store:
+        results = Harness(store, etcd_endpoints, config).run()
+    runs = {run["variant"]: run for run in results[0].runs}
+    assert set(runs) == {"etcdroute", "naive"}
+    ours, naive = runs["etcdroute"], runs["naive"]
+    assert ours["together"] == naive["together"] == ["etcdroute", "naive"]
+    # Both sets of pods were live at once: one lease each, four in all.
+    assert ours["leases"]["allowed_peak"] == ours["leases"]["baseline"] + 4
+    assert ours["leases"]["peak"] > ours["leases"]["baseline"] + 2
+    assert ours["lease_ok"] and ours["violation_count"] == 0
+    assert naive["violation_count"] > 0
+    spans = []
+    for run in (ours, naive):
+        lines = Path(run["history"]).read_text().splitlines()[1:]
+        ops = [json.loads(line) for line in lines]
+        spans.append((ops[0]["invoke"], ops[-1]["invoke"]))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+    assert results[0].scenario.variants == ("etcdroute", "naive")

@@ -131,7 +131,9 @@ def _op(
     }
 
 
-def _created(process: str, uid: str, pod: int, start: float, end: float):
+def _created(
+    process: str, uid: str, pod: int, start: float, end: float
+) -> dict[str, object]:
     return _op(
         process,
         "try_set",

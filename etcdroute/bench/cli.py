@@ -60,6 +60,12 @@ _DEFAULT_OUTPUT = "benchmarks/results/tmp/bench.json"
     help="The recorded set: concurrency and skew sweeps, capacity model.",
 )
 @click.option(
+    "--together",
+    is_flag=True,
+    help="Run the variants at the same time (head to head) instead of "
+    "in turn.",
+)
+@click.option(
     "--variants", default="etcdroute,raw,lock,naive", show_default=True
 )
 @click.option(
@@ -206,6 +212,7 @@ def _scenarios(options: dict[str, Any]) -> tuple[Scenario, ...]:
             options["threads"],
             options["duration"],
             options["ops"],
+            together=options["together"],
         ),
     )
 

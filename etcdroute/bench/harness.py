@@ -32,7 +32,7 @@ from etcdroute.bench.invariants import (
     summarize,
 )
 from etcdroute.bench.metrics import run_figures
-from etcdroute.bench.runner import RunResult, RunSpec, run_variant
+from etcdroute.bench.runner import RunResult, RunSpec, run_together
 from etcdroute.bench.variants import VARIANTS, PodRef, Target
 from etcdroute.bench.workload import Workload
 from etcdroute.config import DriverConfig
@@ -52,7 +52,11 @@ BENCH_POD_CONFIG = DriverConfig(
 
 @dataclass(frozen=True)
 class Scenario:
-    """One workload at one concurrency; ``sweeps`` place it in plots."""
+    """One workload at one concurrency; ``sweeps`` place it in plots.
+
+    ``callers`` is per variant: variants run ``together`` use twice the
+    callers between them.
+    """
 
     name: str
     workload: Workload
@@ -61,6 +65,11 @@ class Scenario:
     duration: float
     ops_per_thread: int = 0
     sweeps: tuple[str, ...] = ()
+    #: Variants of this scenario (default: the config's).
+    variants: tuple[str, ...] = ()
+    #: Run the variants at the same time (each with its own callers and
+    #: pods) instead of in turn: a head-to-head under the same load.
+    together: bool = False
 
     @property
     def callers(self) -> int:
@@ -96,6 +105,11 @@ class BenchConfig:
             raise InvalidArgumentError("repeat", "must be in 1..20")
         if not self.scenarios:
             raise InvalidArgumentError("scenarios", "give at least one")
+        for scenario in self.scenarios:
+            if set(scenario.variants) - set(VARIANTS):
+                raise InvalidArgumentError(
+                    "variants", f"scenario {scenario.name}: unknown variant"
+                )
 
 
 class Progress(Protocol):
@@ -142,47 +156,47 @@ class Harness:
         try:
             for scenario in self.config.scenarios:
                 result = ScenarioResult(scenario)
+                variants = scenario.variants or self.config.variants
                 for round_number in range(self.config.repeat):
-                    for variant in _ordered(
-                        self.config.variants, round_number
-                    ):
-                        run = self.run_one(scenario, variant, round_number)
-                        result.runs.append(run)
+                    order = _ordered(variants, round_number)
+                    groups = (
+                        [order]
+                        if scenario.together
+                        else [[variant] for variant in order]
+                    )
+                    for group in groups:
+                        runs = self.run_group(scenario, group, round_number)
+                        result.runs.extend(runs)
                 results.append(result)
         finally:
             self.store.delete_prefix(self.keyspace.root)
         return results
 
-    def run_one(
-        self, scenario: Scenario, variant: str, round_number: int
-    ) -> dict[str, Any]:
-        """One variant on one scenario: fresh pods, run, judge, clean."""
-        service = f"{scenario.name}-{variant}-r{round_number}"
+    def run_group(
+        self, scenario: Scenario, variants: list[str], round_number: int
+    ) -> list[dict[str, Any]]:
+        """Variants run at the same time on one scenario, each with fresh
+        pods of its own; then judged and cleaned up."""
+        services = [
+            f"{scenario.name}-{variant}-r{round_number}"
+            for variant in variants
+        ]
         baseline = self.store.lease_count()
-        drivers = self._start_pods(service)
+        drivers: list[list[ServerDriver]] = []
         samples: list[int] = []
         try:
-            target = Target(
-                endpoints=self.endpoints,
-                namespace=self.namespace,
-                service=service,
-                pods=tuple(_pod_ref(driver) for driver in drivers),
-                prefix=self.config.prefix,
-                timeout=self.config.timeout,
+            for service in services:
+                drivers.append(self._start_pods(service))
+            specs = [
+                self._spec(scenario, variant, service, pods)
+                for variant, service, pods in zip(
+                    variants, services, drivers, strict=True
+                )
+            ]
+            label = (
+                f"{scenario.name} {'+'.join(variants)} "
+                f"(round {round_number + 1})"
             )
-            spec = RunSpec(
-                variant=variant,
-                target=target,
-                workload=scenario.workload,
-                history_path=str(
-                    Path(self.config.history_dir) / f"{service}.jsonl"
-                ),
-                processes=scenario.processes,
-                threads=scenario.threads,
-                duration=scenario.duration,
-                ops_per_thread=scenario.ops_per_thread,
-            )
-            label = f"{scenario.name} {variant} (round {round_number + 1})"
             if self.progress is not None:
                 self.progress.begin(label, scenario.duration)
 
@@ -191,22 +205,61 @@ class Harness:
                 if self.progress is not None:
                     self.progress.update(ops, elapsed)
 
-            result = run_variant(spec, on_tick=tick)
+            results = run_together(specs, on_tick=tick)
             samples.append(self.store.lease_count())
-            final = self._final_links(service)
+            finals = [self._final_links(service) for service in services]
         finally:
-            for driver in drivers:
-                driver.stop()
-        self.store.delete_prefix(f"/locks/{self.namespace}/{service}/")
+            for group in drivers:
+                for driver in group:
+                    driver.stop()
+        for service in services:
+            self.store.delete_prefix(f"/locks/{self.namespace}/{service}/")
         after = self.store.lease_count()
-        run = self._judge(result, final, baseline, samples, after)
-        run["round"] = round_number
+        allowed = baseline + self.config.pods * len(variants)
+        runs = []
+        for result, final in zip(results, finals, strict=True):
+            run = self._judge(result, final, baseline, allowed, samples, after)
+            run["round"] = round_number
+            run["together"] = variants
+            runs.append(run)
         if self.progress is not None:
             self.progress.end(
-                f"{label}: {run['throughput']:.0f} ops/s, "
-                f"{run['violation_count']} violation(s)"
+                f"{label}: "
+                + ", ".join(
+                    f"{run['variant']} {run['throughput']:.0f} ops/s "
+                    f"{run['violation_count']} violation(s)"
+                    for run in runs
+                )
             )
-        return run
+        return runs
+
+    def _spec(
+        self,
+        scenario: Scenario,
+        variant: str,
+        service: str,
+        drivers: list[ServerDriver],
+    ) -> RunSpec:
+        target = Target(
+            endpoints=self.endpoints,
+            namespace=self.namespace,
+            service=service,
+            pods=tuple(_pod_ref(driver) for driver in drivers),
+            prefix=self.config.prefix,
+            timeout=self.config.timeout,
+        )
+        return RunSpec(
+            variant=variant,
+            target=target,
+            workload=scenario.workload,
+            history_path=str(
+                Path(self.config.history_dir) / f"{service}.jsonl"
+            ),
+            processes=scenario.processes,
+            threads=scenario.threads,
+            duration=scenario.duration,
+            ops_per_thread=scenario.ops_per_thread,
+        )
 
     # ------------------------------------------------------- internals
 
@@ -243,13 +296,13 @@ class Harness:
         result: RunResult,
         final: dict[str, int | None],
         baseline: int,
+        allowed: int,
         samples: list[int],
         after: int,
     ) -> dict[str, Any]:
         spec = result.spec
         pods = [pod.pod_id for pod in spec.target.pods]
         violations = check_run(result.ops, final, pods)
-        expected = baseline + len(pods)
         peak = max(samples, default=0)
         return {
             "variant": spec.variant,
@@ -262,12 +315,12 @@ class Harness:
             "final_links": len(final),
             "leases": {
                 "baseline": baseline,
-                "allowed_peak": expected,
+                "allowed_peak": allowed,
                 "peak": peak,
                 "after_stop": after,
                 "samples": len(samples),
             },
-            "lease_ok": peak <= expected and after <= baseline,
+            "lease_ok": peak <= allowed and after <= baseline,
             "violations": summarize(violations),
             "violation_count": len(violations),
             "violation_examples": [

@@ -7,7 +7,9 @@ one Zipfian scenario from one process.
 ``full`` (the recorded run of docs/benchmarks.md): a concurrency sweep
 on Zipfian 0.99 keys from 1 to 32 callers, single process and
 multi-process at the same 16 callers, and a skew sweep at 2 x 8 callers
-from uniform keys to a hot-key set.
+from uniform keys to a hot-key set; then etcdroute and raw head to
+head (running at the same time, 16 callers each, one process or two),
+the steadiest measure of their ratio on a shared machine.
 """
 
 from __future__ import annotations
@@ -60,4 +62,18 @@ def full(seed: int = 1) -> tuple[Scenario, ...]:
             Scenario(name, workload, 2, 8, FULL_DURATION, sweeps=("skew",))
         )
 
+    # Head-to-head: etcdroute and raw at the same time, each with its own
+    # callers, so both see the same load; single and multi-process.
+    for p, t in ((1, 16), (2, 8)):
+        scenarios.append(
+            Scenario(
+                f"duel-{p}x{t}",
+                zipf,
+                p,
+                t,
+                FULL_DURATION,
+                variants=("etcdroute", "raw"),
+                together=True,
+            )
+        )
     return tuple(scenarios)

@@ -117,6 +117,7 @@ def document(
                 "callers": scenario.callers,
                 "duration_s": scenario.duration,
                 "contention": scenario.contention,
+                "together": scenario.together,
                 "sweeps": list(scenario.sweeps),
                 "workload": asdict(scenario.workload),
                 "label": scenario.workload.label,

@@ -97,21 +97,44 @@ def run_variant(
     tick: float = 0.25,
 ) -> RunResult:
     """Run ``spec``; call ``on_tick(ops done, seconds elapsed)`` meanwhile."""
+    return run_together([spec], on_tick, tick)[0]
+
+
+def run_together(
+    specs: list[RunSpec],
+    on_tick: Callable[[int, float], None] | None = None,
+    tick: float = 0.25,
+) -> list[RunResult]:
+    """Run several specs at the same time, from one start signal.
+
+    Variants that run together see the same machine load, which makes
+    their ratio far steadier on a shared machine than runs in turn.
+    """
     context = multiprocessing.get_context("spawn")
     messages: Any = context.Queue()
     go = context.Event()
     go_time: Any = context.Value("d", 0.0, lock=False)
-    counts: Any = context.Array("q", spec.callers, lock=False)
+    counts = [context.Array("q", spec.callers, lock=False) for spec in specs]
     paths = [
-        f"{spec.history_path}.p{index}" for index in range(spec.processes)
+        [f"{spec.history_path}.p{index}" for index in range(spec.processes)]
+        for spec in specs
     ]
     workers = [
         context.Process(
             target=_worker,
-            args=(spec, index, paths[index], messages, go, go_time, counts),
+            args=(
+                spec,
+                (group, index),
+                paths[group][index],
+                messages,
+                go,
+                go_time,
+                counts[group],
+            ),
             name=f"bench-{spec.variant}-{index}",
             daemon=True,
         )
+        for group, spec in enumerate(specs)
         for index in range(spec.processes)
     ]
     for worker in workers:
@@ -124,7 +147,8 @@ def run_variant(
         go.set()
         while any(worker.is_alive() for worker in workers):
             if on_tick is not None:
-                on_tick(sum(counts), time.monotonic() - started)
+                done = sum(sum(array) for array in counts)
+                on_tick(done, time.monotonic() - started)
             _join_any(workers, tick)
         finals = _wait_for(messages, "done", workers)
     finally:
@@ -132,6 +156,23 @@ def run_variant(
             if worker.is_alive():
                 worker.terminate()
             worker.join()
+    return [
+        _result(
+            spec,
+            [body for body in finals if body["group"] == group],
+            paths[group],
+            started,
+        )
+        for group, spec in enumerate(specs)
+    ]
+
+
+def _result(
+    spec: RunSpec,
+    finals: list[dict[str, Any]],
+    paths: list[str],
+    started: float,
+) -> RunResult:
     retries = sum(int(body["retries"]) for body in finals)
     cpu = sum(float(body["cpu"]) for body in finals)
     samples = [text for body in finals for text in body["errors"]][:10]
@@ -199,20 +240,24 @@ def _merge(paths: list[str], spec: RunSpec) -> list[dict[str, Any]]:
 
 def _worker(
     spec: RunSpec,
-    index: int,
+    tag: tuple[int, int],
     path: str,
     messages: Any,
     go: Any,
     go_time: Any,
     counts: Any,
 ) -> None:
-    """Entry point of one worker process (spawned)."""
+    """Entry point of one worker process (spawned).
+
+    ``tag`` is (which spec of the run, which process of that spec).
+    """
+    group, index = tag
     try:
         client = open_client(spec.variant, spec.target)
     except Exception as exc:
         messages.put(("error", {"error": f"{spec.variant}: {exc!r}"}))
         return
-    messages.put(("ready", {"index": index}))
+    messages.put(("ready", {"group": group, "index": index}))
     if not go.wait(READY_TIMEOUT):
         client.close()
         return
@@ -246,6 +291,7 @@ def _worker(
             for op in history:
                 out.write(json.dumps(op) + "\n")
     body = {
+        "group": group,
         "index": index,
         "retries": client.retries,
         "errors": errors[:5],
