@@ -225,7 +225,7 @@ def _run(
 ) -> bool:
     console = Console()
     if not console.is_terminal:
-        console = Console(width=max(console.width, 120))
+        console = Console(width=max(console.width, 140))
     embedded = None
     endpoints = options["endpoints"]
     if endpoints is None:

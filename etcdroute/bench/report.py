@@ -201,7 +201,10 @@ def print_tables(record: dict[str, Any], console: Console) -> None:
             f"{capacity['create_rate']:.0f} link creations/s"
         )
     if record["ok"]:
-        console.print("[green]verdict: no etcdroute violation; naive caught")
+        console.print(
+            "[green]verdict: passed (no etcdroute violation or lease leak; "
+            "no naive run under contention went undetected)"
+        )
     for problem in record["failures"]:
         console.print(f"[red]FAILED: {problem}")
 
