@@ -23,13 +23,13 @@ demo: $(STAMP)
 ## Run every test: the default suite, then the slow fault suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check etcdroute tests benchmarks

@@ -78,18 +78,32 @@ class Tally:
 class PodProcess:
     """A demo pod running in a child process."""
 
-    def __init__(self, opts: DemoOptions, endpoints: str, namespace: str,
-                 pod_id: int, load: int) -> None:
+    def __init__(
+        self,
+        opts: DemoOptions,
+        endpoints: str,
+        namespace: str,
+        pod_id: int,
+        load: int,
+    ) -> None:
         self.pod_id = pod_id
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "etcdroute.demo_pod",
-                "--endpoints", endpoints,
-                "--namespace", namespace,
-                "--service", SERVICE,
-                "--pod-id", str(pod_id),
-                "--load", str(load),
-                "--ttl", str(opts.ttl),
+                sys.executable,
+                "-m",
+                "etcdroute.demo_pod",
+                "--endpoints",
+                endpoints,
+                "--namespace",
+                namespace,
+                "--service",
+                SERVICE,
+                "--pod-id",
+                str(pod_id),
+                "--load",
+                str(load),
+                "--ttl",
+                str(opts.ttl),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -122,6 +136,9 @@ class PodProcess:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class Demo:
@@ -174,14 +191,19 @@ class Demo:
     def start_pods(self, endpoints: str) -> dict[int, PodProcess]:
         pods = {
             pod_id: PodProcess(
-                self.opts, endpoints, self.namespace, pod_id,
+                self.opts,
+                endpoints,
+                self.namespace,
+                pod_id,
                 load=self.rng.randint(0, 100),
             )
             for pod_id in range(1, self.opts.pods + 1)
         }
         for pod in pods.values():
             pod.expect("ready")
-        self.say(f"started {len(pods)} pod processes, each with its own driver")
+        self.say(
+            f"started {len(pods)} pod processes, each with its own driver"
+        )
         return pods
 
     def scenario(self, pods: dict[int, PodProcess]) -> bool:
@@ -201,9 +223,12 @@ class Demo:
             f"uids; waiting for its {self.opts.ttl} s lease to expire"
         )
         gone_after = self.wait_for_links_gone(victim.pod_id, lost)
-        self.say(f"pod {victim.pod_id}'s links vanished after {gone_after:.1f} s")
+        self.say(
+            f"pod {victim.pod_id}'s links vanished after {gone_after:.1f} s"
+        )
         self.tally.answers = {
-            uid: pods_ for uid, pods_ in self.tally.answers.items()
+            uid: pods_
+            for uid, pods_ in self.tally.answers.items()
             if uid not in lost
         }
         self.claim(sorted(lost))
@@ -221,7 +246,9 @@ class Demo:
             f"after {len(second)} new claims"
         )
         if after != before:
-            self.failures.append(f"draining pod {drained.pod_id} got new links")
+            self.failures.append(
+                f"draining pod {drained.pod_id} got new links"
+            )
         self.print_table("after crash and drain")
 
         # 4. Verify against etcd.
@@ -239,8 +266,11 @@ class Demo:
 
         def pick(rng: random.Random) -> PodInfo:
             # Power of two choices on links won plus reported load.
-            a, b = rng.sample(accepting, 2) if len(accepting) > 1 else (
-                accepting[0], accepting[0])
+            a, b = (
+                rng.sample(accepting, 2)
+                if len(accepting) > 1
+                else (accepting[0], accepting[0])
+            )
             with count_lock:
                 score_a = counts[a.pod_id] + a.load
                 score_b = counts[b.pod_id] + b.load
@@ -250,7 +280,7 @@ class Demo:
             rng = random.Random(self.opts.seed * 1000 + index)
             for uid in batch:
                 target = pick(rng)
-                for attempt in range(5):
+                for _ in range(5):
                     try:
                         result = self.table.try_set(
                             SERVICE, uid, target.pod_id, target=target
@@ -307,8 +337,11 @@ class Demo:
             table.add_column(column, justify="right")
         for pod in pods:
             table.add_row(
-                str(pod.pod_id), pod.routing_state.value,
-                str(links[pod.pod_id]), str(pod.load), str(pod.epoch),
+                str(pod.pod_id),
+                pod.routing_state.value,
+                str(links[pod.pod_id]),
+                str(pod.load),
+                str(pod.epoch),
             )
         self.console.print(table)
 

@@ -40,7 +40,13 @@ from etcdroute.errors import (
 from etcdroute.jobs import Backoff, PeriodicJob
 from etcdroute.keys import Keyspace, check_name, check_pod_id, check_uid
 from etcdroute.links import LinkTable
-from etcdroute.models import Link, LinkResult, PodInfo, RoutingState, encode_load
+from etcdroute.models import (
+    Link,
+    LinkResult,
+    PodInfo,
+    RoutingState,
+    encode_load,
+)
 from etcdroute.session import Listener, PodSession, SessionState
 from etcdroute.store import Credentials, EtcdStore
 
@@ -76,7 +82,9 @@ class ServerDriver:
         self.service = check_name("service", service)
         self.pod_id = check_pod_id(pod_id)
         if not isinstance(address, str) or len(address) > 256:
-            raise InvalidArgumentError("address", "must be text of <= 256 chars")
+            raise InvalidArgumentError(
+                "address", "must be text of <= 256 chars"
+            )
         if workload is not None and not callable(workload):
             raise InvalidArgumentError("workload", "must be callable or None")
         self.config = config if config is not None else DriverConfig()
@@ -87,7 +95,9 @@ class ServerDriver:
         if isinstance(etcd, EtcdStore):
             self._store, self._owns_store = etcd, False
         else:
-            self._store = EtcdStore(etcd, timeout=timeout, credentials=credentials)
+            self._store = EtcdStore(
+                etcd, timeout=timeout, credentials=credentials
+            )
             self._owns_store = True
 
         self._links = LinkTable(
@@ -357,7 +367,9 @@ class ServerDriver:
         return resolved_service, checked_uid, target
 
     def _service_arg(self, service: str | None) -> str:
-        return self.service if service is None else check_name("service", service)
+        return (
+            self.service if service is None else check_name("service", service)
+        )
 
     def _own_registration(self, service: str, pod_id: int) -> PodInfo | None:
         if service == self.service and pod_id == self.pod_id:
@@ -440,7 +452,11 @@ class ServerDriver:
     def _measure_workload(self) -> int:
         if self._workload_fn is not None:
             value = self._workload_fn()
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 0
+            ):
                 logger.warning("workload function returned %r; ignored", value)
                 return self._workload
             return value

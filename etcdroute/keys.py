@@ -59,7 +59,9 @@ def check_prefix(value: object) -> str:
             "digits, '_', '-', '.'",
         )
     if any(part in (".", "..") for part in value.split("/")):
-        raise InvalidArgumentError("prefix", "segments '.' and '..' are refused")
+        raise InvalidArgumentError(
+            "prefix", "segments '.' and '..' are refused"
+        )
     return value
 
 

@@ -85,7 +85,9 @@ class LinkTable:
         logged and skipped, never fatal.
         """
         check_name("service", service)
-        kvs, revision = self.store.get_prefix(self.keyspace.pods_prefix(service))
+        kvs, revision = self.store.get_prefix(
+            self.keyspace.pods_prefix(service)
+        )
         loads, _ = self.store.get_prefix(
             self.keyspace.load_prefix(service), revision=revision
         )
@@ -155,7 +157,9 @@ class LinkTable:
         """
         link_key = self.keyspace.link_key(service, uid)
         pod_key = self.keyspace.pod_key(service, pod_id)
-        pod = target if target is not None else self._registered(service, pod_id)
+        pod = (
+            target if target is not None else self._registered(service, pod_id)
+        )
 
         for _ in range(_MAX_ATTEMPTS):
             # The registration must be accepting as of the revision read;
@@ -169,7 +173,13 @@ class LinkTable:
                     Compare(link_key, "create", "==", 0),
                     Compare(pod_key, "mod", "==", pod.revision),
                 ],
-                success=[Put(link_key, encode_link(pod_id, pod.epoch), self._lease(pod))],
+                success=[
+                    Put(
+                        link_key,
+                        encode_link(pod_id, pod.epoch),
+                        self._lease(pod),
+                    )
+                ],
                 failure=[Get(link_key), Get(pod_key)],
             )
             if result.succeeded:
@@ -205,7 +215,11 @@ class LinkTable:
                 [Compare(pod_key, "mod", "==", pod.revision)],
                 success=[
                     Get(link_key),
-                    Put(link_key, encode_link(pod_id, pod.epoch), self._lease(pod)),
+                    Put(
+                        link_key,
+                        encode_link(pod_id, pod.epoch),
+                        self._lease(pod),
+                    ),
                 ],
                 failure=[Get(pod_key)],
             )

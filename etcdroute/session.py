@@ -146,7 +146,10 @@ class PodSession:
     def lease_valid(self) -> bool:
         """True while the pod may still act as owner of its links."""
         with self._lock:
-            live = self._state in (SessionState.REGISTERED, SessionState.DEGRADED)
+            live = self._state in (
+                SessionState.REGISTERED,
+                SessionState.DEGRADED,
+            )
             return live and self._clock() < self._deadline
 
     def add_listener(self, listener: Listener) -> None:
@@ -202,7 +205,9 @@ class PodSession:
         assert kv is not None
         with self._lock:
             self._lease_id = lease_id
-            self._granted_ttl = min(granted, self._ttl) if granted > 0 else self._ttl
+            self._granted_ttl = (
+                min(granted, self._ttl) if granted > 0 else self._ttl
+            )
             self._deadline = sent + self._granted_ttl - self._margin
             self._epoch = kv.create_revision
             self._registration = pod_from_kv(self.service, kv)
@@ -227,7 +232,10 @@ class PodSession:
         sent = self._clock()
         ttl = self._store.keepalive(lease_id)
         with self._lock:
-            if lease_id != self._lease_id or self._state is SessionState.STOPPED:
+            if (
+                lease_id != self._lease_id
+                or self._state is SessionState.STOPPED
+            ):
                 return False
             if ttl <= 0:
                 self._lose(f"keepalive answered ttl {ttl}")
@@ -335,7 +343,9 @@ class PodSession:
     # -------------------------------------------------------- internals
 
     def _registration_value(self) -> bytes:
-        return encode_registration(self.pod_id, self.address, self.routing_state)
+        return encode_registration(
+            self.pod_id, self.address, self.routing_state
+        )
 
     def _require_live(self) -> None:
         if self._state in (SessionState.NEW, SessionState.STOPPED):
@@ -368,7 +378,9 @@ class PodSession:
         self._state = new
         self._changed.notify_all()
         transition = Transition(old, new, self._lease_id, self._epoch, reason)
-        logger.debug("pod %d: %s -> %s (%s)", self.pod_id, old.value, new.value, reason)
+        logger.debug(
+            "pod %d: %s -> %s (%s)", self.pod_id, old.value, new.value, reason
+        )
         for listener in list(self._listeners):
             try:
                 listener(transition)

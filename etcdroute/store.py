@@ -270,6 +270,17 @@ _COMPARE_FIELDS = {
 }
 
 
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` covering every key that starts with ``prefix``.
+
+    The empty prefix means every key (etcd spells that ``\\0``, ``\\0``).
+    """
+    start = prefix.encode()
+    if not start:
+        return b"\0", b"\0"
+    return start, _prefix_end(start)
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The range end that covers every key starting with ``prefix``."""
     end = bytearray(prefix)
@@ -279,6 +290,36 @@ def _prefix_end(prefix: bytes) -> bytes:
             return bytes(end)
         end.pop()
     return b"\0"
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _count_field(raw: bytes, field_number: int) -> int:
+    """Count occurrences of a length-delimited field in a protobuf message."""
+    count = pos = 0
+    while pos < len(raw):
+        tag, pos = _read_varint(raw, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(raw, pos)
+        elif wire_type == 2:
+            size, pos = _read_varint(raw, pos)
+            pos += size
+            count += number == field_number
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            raise StoreError(f"unexpected protobuf wire type {wire_type}")
+    return count
 
 
 def _key_value(kv: Any) -> KeyValue:
@@ -305,7 +346,9 @@ def translate(exc: grpc.RpcError, what: str) -> StoreError:
     details = exc.details() or ""
     message = f"{what}: {details or code.name}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return StoreTimeoutError(f"{what}: deadline exceeded (outcome unknown)")
+        return StoreTimeoutError(
+            f"{what}: deadline exceeded (outcome unknown)"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return StoreUnavailableError(f"{what}: etcd unavailable: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -426,9 +469,7 @@ class EtcdStore:
         for attempt in (1, 2):
             metadata = self._metadata
             try:
-                return method(
-                    request, timeout=self.timeout, metadata=metadata
-                )
+                return method(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 renewable = (
                     attempt == 1
@@ -470,8 +511,7 @@ class EtcdStore:
         page, so the result is one consistent snapshot. Returns
         ``(kvs sorted by key, revision)``.
         """
-        start = prefix.encode()
-        end = _prefix_end(start)
+        start, end = _prefix_range(prefix)
         found: list[KeyValue] = []
         while True:
             request = etcdrpc.RangeRequest(
@@ -481,9 +521,7 @@ class EtcdStore:
                 revision=revision,
                 keys_only=keys_only,
             )
-            response = self._call(
-                f"list {prefix!r}", self._kv.Range, request
-            )
+            response = self._call(f"list {prefix!r}", self._kv.Range, request)
             if revision == 0:
                 revision = response.header.revision
             found.extend(_key_value(kv) for kv in response.kvs)
@@ -493,9 +531,9 @@ class EtcdStore:
 
     def count_prefix(self, prefix: str) -> tuple[int, int]:
         """Count keys under ``prefix``: ``(count, revision)``."""
-        start = prefix.encode()
+        start, end = _prefix_range(prefix)
         request = etcdrpc.RangeRequest(
-            key=start, range_end=_prefix_end(start), count_only=True
+            key=start, range_end=end, count_only=True
         )
         response = self._call(f"count {prefix!r}", self._kv.Range, request)
         return response.count, response.header.revision
@@ -504,7 +542,9 @@ class EtcdStore:
 
     def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write one key unconditionally; returns the new revision."""
-        request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
+        request = etcdrpc.PutRequest(
+            key=key.encode(), value=value, lease=lease
+        )
         response = self._call(f"put {key!r}", self._kv.Put, request)
         return int(response.header.revision)
 
@@ -516,10 +556,8 @@ class EtcdStore:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many."""
-        start = prefix.encode()
-        request = etcdrpc.DeleteRangeRequest(
-            key=start, range_end=_prefix_end(start)
-        )
+        start, end = _prefix_range(prefix)
+        request = etcdrpc.DeleteRangeRequest(key=start, range_end=end)
         response = self._call(
             f"delete prefix {prefix!r}", self._kv.DeleteRange, request
         )
@@ -543,7 +581,9 @@ class EtcdStore:
         for item in response.responses:
             kind = item.WhichOneof("response")
             if kind == "response_range":
-                results.append([_key_value(kv) for kv in item.response_range.kvs])
+                results.append(
+                    [_key_value(kv) for kv in item.response_range.kvs]
+                )
             elif kind == "response_delete_range":
                 results.append(item.response_delete_range.deleted)
             else:
@@ -635,14 +675,26 @@ class EtcdStore:
         )
         if response.TTL == -1:
             return None
-        return [key.decode("utf-8", errors="surrogateescape") for key in response.keys]
+        return [
+            key.decode("utf-8", errors="surrogateescape")
+            for key in response.keys
+        ]
 
     def lease_count(self) -> int:
-        """Number of leases currently alive in the cluster."""
-        response = self._call(
-            "list leases", self._lease.LeaseLeases, etcdrpc.LeaseLeasesRequest()
+        """Number of leases currently alive in the cluster.
+
+        python-etcd3's generated stubs predate etcd's ``LeaseLeases`` call,
+        so it is made here as a raw unary call: the request is an empty
+        message and the answer's repeated field 2 holds one entry per
+        lease, which is all that is counted.
+        """
+        method = self._channel.unary_unary(
+            "/etcdserverpb.Lease/LeaseLeases",
+            request_serializer=lambda _: b"",
+            response_deserializer=lambda raw: raw,
         )
-        return len(response.leases)
+        raw = self._call("list leases", method, None)
+        return _count_field(raw, 2)
 
     # ------------------------------------------------------ maintenance
 
@@ -662,7 +714,9 @@ class EtcdStore:
 
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision``."""
-        request = etcdrpc.CompactionRequest(revision=revision, physical=physical)
+        request = etcdrpc.CompactionRequest(
+            revision=revision, physical=physical
+        )
         self._call(f"compact at {revision}", self._kv.Compact, request)
 
     # ----------------------------------------------------------- watches
@@ -743,10 +797,10 @@ class WatchStream:
         )
 
     def start(self) -> None:
-        key = self.prefix.encode()
+        key, end = _prefix_range(self.prefix)
         create = etcdrpc.WatchCreateRequest(
             key=key,
-            range_end=_prefix_end(key),
+            range_end=end,
             start_revision=self.start_revision,
             progress_notify=self._progress_notify,
         )

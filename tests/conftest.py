@@ -21,8 +21,11 @@ from etcdroute.keys import Keyspace
 
 #: Fast timings for tests: a crashed pod's lease runs out in 2 s.
 FAST = DriverConfig(
-    lease_ttl=2, state_interval=0.5, workload_interval=0.5,
-    fencing_margin=0.3, max_backoff=0.5,
+    lease_ttl=2,
+    state_interval=0.5,
+    workload_interval=0.5,
+    fencing_margin=0.3,
+    max_backoff=0.5,
 )
 
 
@@ -69,7 +72,9 @@ def make_driver(
     """Build drivers in the test's namespace; all are stopped afterwards."""
     made: list[ServerDriver] = []
 
-    def factory(pod_id: int, start: bool = True, **kwargs: Any) -> ServerDriver:
+    def factory(
+        pod_id: int, start: bool = True, **kwargs: Any
+    ) -> ServerDriver:
         kwargs.setdefault("namespace", namespace)
         kwargs.setdefault("service", "game")
         kwargs.setdefault("config", FAST)
