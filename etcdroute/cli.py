@@ -27,7 +27,7 @@ from etcdroute.demo import DemoOptions, run_demo
 from etcdroute.embedded import EmbeddedEtcd
 from etcdroute.errors import EtcdRouteError, InvalidArgumentError, StoreError
 from etcdroute.keys import Keyspace, check_name
-from etcdroute.links import LinkTable, link_from_kv
+from etcdroute.links import LinkTable
 from etcdroute.store import Credentials, EtcdStore
 
 EXIT_CHECK_FAILED = 1
@@ -148,11 +148,17 @@ def demo(
 ) -> None:
     """Run pods and callers against etcd, crash one, drain one, verify."""
     options = DemoOptions(endpoints, pods, uids, callers, ttl, seed)
-    try:
+
+    # SIGTERM must run the same clean-up as Ctrl-C: stop the pods and the
+    # embedded etcd instead of orphaning them.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with _command():
         ok = run_demo(options)
-    except StoreError as exc:
-        raise click.ClickException(f"etcd: {exc}") from exc
     sys.exit(0 if ok else EXIT_CHECK_FAILED)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @main.command()
@@ -207,7 +213,11 @@ def pods(namespace: str, service: str, as_json: bool, **params: Any) -> None:
 @click.option("--namespace", required=True)
 @click.option("--service", required=True)
 @click.option(
-    "--pod", "pod_id", type=int, default=None, help="Only links to this pod."
+    "--pod",
+    "pod_id",
+    type=click.IntRange(0),
+    default=None,
+    help="Only links to this pod.",
 )
 @click.option(
     "--limit", type=click.IntRange(1), default=100, show_default=True
@@ -218,28 +228,18 @@ def links(
 ) -> None:
     """Print links as JSON lines: uid, pod, epoch, revision."""
     with _command(), _open_store(params) as store:
-        keyspace = Keyspace(params["prefix"], namespace)
-        prefix = keyspace.links_prefix(check_name("service", service))
-        kvs, _ = store.get_prefix(prefix)
-        shown = 0
-        for kv in kvs:
-            uid = keyspace.uid_from_link_key(service, kv.key)
-            link = link_from_kv(uid, kv)
-            if pod_id is not None and link.pod_id != pod_id:
-                continue
-            click.echo(
-                json.dumps(
-                    {
-                        "uid": uid,
-                        "pod": link.pod_id,
-                        "epoch": link.epoch,
-                        "revision": link.revision,
-                    }
-                )
-            )
-            shown += 1
-            if shown >= limit:
-                break
+        table = LinkTable(store, Keyspace(params["prefix"], namespace))
+        found, _ = table.links(check_name("service", service))
+        if pod_id is not None:
+            found = [link for link in found if link.pod_id == pod_id]
+        for link in found[:limit]:
+            record = {
+                "uid": link.uid,
+                "pod": link.pod_id,
+                "epoch": link.epoch,
+                "revision": link.revision,
+            }
+            click.echo(json.dumps(record))
 
 
 @main.command(name="etcd")
@@ -249,7 +249,8 @@ def links(
 @click.option("--etcd-binary", default=None, help="Path of the etcd binary.")
 def etcd_command(members: int, etcd_binary: str | None) -> None:
     """Run an embedded etcd in the foreground until Ctrl-C."""
-    cluster = EmbeddedEtcd(members, binary=etcd_binary)
+    with _command():
+        cluster = EmbeddedEtcd(members, binary=etcd_binary).start()
     with cluster:
         click.echo(
             f"etcd {cluster.version} serving at {cluster.endpoint_string}"

@@ -160,18 +160,22 @@ class Demo:
             etcd = EmbeddedEtcd(unsafe_no_fsync=True).start()
             endpoints = etcd.endpoint_string
             self.say(f"started embedded etcd {etcd.version} at {endpoints}")
-        store = EtcdStore(endpoints, timeout=5.0)
-        self.table = LinkTable(store, Keyspace("etcdroute", self.namespace))
         pods: dict[int, PodProcess] = {}
+        store = None
         try:
+            store = EtcdStore(endpoints, timeout=5.0)
+            # Fail fast, with etcd's own error, before starting any pod.
+            self.say(f"etcd {store.status().version} answers at {endpoints}")
+            self.table = LinkTable(
+                store, Keyspace("etcdroute", self.namespace)
+            )
             pods = self.start_pods(endpoints)
             ok = self.scenario(pods)
         finally:
             for pod in pods.values():
                 pod.stop()
-            if etcd is None:
-                store.delete_prefix(self.table.keyspace.root)
-            store.close()
+            if store is not None:
+                self.clean_up(store, own_etcd=etcd is not None)
             if etcd is not None:
                 etcd.stop()
         elapsed = time.monotonic() - started
@@ -187,6 +191,16 @@ class Demo:
             f"[{style}]VERDICT: {verdict}[/] {summary} ({elapsed:.1f} s)"
         )
         return ok
+
+    def clean_up(self, store: EtcdStore, *, own_etcd: bool) -> None:
+        """Delete the demo's namespace from a user's etcd; close."""
+        try:
+            if not own_etcd and hasattr(self, "table"):
+                store.delete_prefix(self.table.keyspace.root)
+        except StoreError as exc:
+            logger.warning("demo keys not deleted: %s", exc)
+        finally:
+            store.close()
 
     def start_pods(self, endpoints: str) -> dict[int, PodProcess]:
         pods = {
@@ -328,10 +342,8 @@ class Demo:
 
     def print_table(self, title: str) -> None:
         pods, _ = self.table.pods(SERVICE)
-        kvs, _ = self.table.store.get_prefix(
-            self.table.keyspace.links_prefix(SERVICE)
-        )
-        links = Counter(link_from_kv("", kv).pod_id for kv in kvs)
+        found, _ = self.table.links(SERVICE)
+        links = Counter(link.pod_id for link in found)
         table = Table(title=f"pods {title}")
         for column in ("pod", "routing state", "links", "load", "epoch"):
             table.add_column(column, justify="right")
@@ -346,25 +358,33 @@ class Demo:
         self.console.print(table)
 
     def verify(self, dead_pod: int) -> None:
+        """Check the callers' answers against one etcd snapshot.
+
+        One key per uid makes two links for a uid impossible by
+        construction; what can go wrong is a uid without owner, an owner
+        that is dead, or callers told different owners.
+        """
         pods, revision = self.table.pods(SERVICE)
         live = {p.pod_id for p in pods}
         kvs, _ = self.table.store.get_prefix(
             self.table.keyspace.links_prefix(SERVICE), revision=revision
         )
-        owners: dict[str, list[int]] = {}
-        for kv in kvs:
-            uid = self.table.keyspace.uid_from_link_key(SERVICE, kv.key)
-            owners.setdefault(uid, []).append(link_from_kv(uid, kv).pod_id)
+        owner_of = {
+            self.table.keyspace.uid_from_link_key(SERVICE, kv.key): (
+                link_from_kv("", kv).pod_id
+            )
+            for kv in kvs
+        }
         for uid, seen in self.tally.answers.items():
-            held = owners.get(uid, [])
-            if len(held) != 1:
-                self.failures.append(f"{uid} has {len(held)} owners in etcd")
-            elif held[0] not in live or held[0] == dead_pod:
-                self.failures.append(f"{uid} owned by dead pod {held[0]}")
-            if len(seen) != 1:
-                self.failures.append(f"callers disagreed on {uid}: {seen}")
-            elif held and seen != {held[0]}:
-                self.failures.append(f"{uid}: callers saw {seen}, etcd {held}")
+            owner = owner_of.get(uid)
+            if owner is None:
+                self.failures.append(f"{uid} has no owner in etcd")
+            elif owner not in live or owner == dead_pod:
+                self.failures.append(f"{uid} owned by dead pod {owner}")
+            if seen != {owner}:
+                self.failures.append(
+                    f"{uid}: callers saw {seen}, etcd {owner}"
+                )
         self.say(
             f"verified {len(self.tally.answers)} uids against etcd at "
             f"revision {revision}: {len(self.failures)} problems"

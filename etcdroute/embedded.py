@@ -75,13 +75,16 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
 
 def etcd_version(binary: str) -> str:
     """The version line of an etcd binary, e.g. ``"3.5.1"``."""
-    out = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, timeout=30
-    ).stdout
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedEtcdError(f"cannot run {binary!r}: {exc}") from exc
     for line in out.splitlines():
         if line.startswith("etcd Version:"):
             return line.split(":", 1)[1].strip()
-    return "unknown"
+    raise EmbeddedEtcdError(f"{binary!r} does not look like etcd")
 
 
 def etcdctl_for(binary: str) -> str | None:

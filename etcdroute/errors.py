@@ -138,14 +138,21 @@ class PodNotAcceptingError(PodError):
 
 
 class LeaseLostError(PodError):
-    """This pod's lease expired or was revoked."""
+    """This pod's lease expired or was revoked, or a later life of the
+    same pod id holds the registration: this process must not act as the
+    pod's owner.
+    """
 
-    def __init__(self, service: str, pod_id: int, lease_id: int) -> None:
+    def __init__(
+        self, service: str, pod_id: int, lease_id: int = 0, detail: str = ""
+    ) -> None:
         self.lease_id = lease_id
+        what = f"lease {lease_id:x}" if lease_id else "registration"
         super().__init__(
             service,
             pod_id,
-            f"lease {lease_id:x} of pod {pod_id} ({service!r}) is lost",
+            f"{what} of pod {pod_id} ({service!r}) is lost"
+            + (f": {detail}" if detail else ""),
         )
 
 

@@ -28,6 +28,7 @@ from dataclasses import replace
 
 from etcdroute.errors import (
     CorruptValueError,
+    LeaseLostError,
     PodNotAcceptingError,
     PodNotRegisteredError,
     StoreError,
@@ -125,18 +126,25 @@ class LinkTable:
         grows with the number of links of the service, so this is an
         admin and reconciliation call, not a hot path.
         """
+        links, _ = self.links(service)
+        return [link.uid for link in links if link.pod_id == pod_id]
+
+    def links(self, service: str) -> tuple[list[Link], int]:
+        """Every link of ``service`` in one snapshot: ``(links, revision)``.
+
+        A key or value that does not decode (planted by someone else) is
+        logged at WARNING and skipped, never fatal.
+        """
         prefix = self.keyspace.links_prefix(service)
-        kvs, _ = self.store.get_prefix(prefix)
-        uids = []
+        kvs, revision = self.store.get_prefix(prefix)
+        found = []
         for kv in kvs:
             try:
-                owner, _ = decode_link(kv.key, kv.value)
+                uid = self.keyspace.uid_from_link_key(service, kv.key)
+                found.append(link_from_kv(uid, kv))
             except CorruptValueError as exc:
                 logger.warning("skipping link: %s", exc)
-                continue
-            if owner == pod_id:
-                uids.append(self.keyspace.uid_from_link_key(service, kv.key))
-        return uids
+        return found, revision
 
     # ---------------------------------------------------------- writes
 
@@ -147,6 +155,7 @@ class LinkTable:
         pod_id: int,
         *,
         target: PodInfo | None = None,
+        epoch: int | None = None,
     ) -> LinkResult:
         """Create ``uid -> pod_id`` unless ``uid`` is linked already.
 
@@ -154,6 +163,9 @@ class LinkTable:
         registration is unchanged; if it fails, the same transaction reads
         the current owner. ``target`` is a registration the caller already
         holds (a router's table); it saves one read and is checked anyway.
+        ``epoch`` pins the target's incarnation: a pod linking to itself
+        passes its own, so a process whose registration was replaced by a
+        later life gets :class:`LeaseLostError` instead of a link.
         """
         link_key = self.keyspace.link_key(service, uid)
         pod_key = self.keyspace.pod_key(service, pod_id)
@@ -164,6 +176,7 @@ class LinkTable:
         for _ in range(_MAX_ATTEMPTS):
             # The registration must be accepting as of the revision read;
             # the transaction below checks it is still that revision.
+            _check_epoch(pod, epoch)
             if not pod.accepting:
                 raise PodNotAcceptingError(
                     service, pod_id, pod.routing_state.value
@@ -200,17 +213,21 @@ class LinkTable:
             f"changing; gave up after {_MAX_ATTEMPTS} attempts"
         )
 
-    def set(self, service: str, uid: str, pod_id: int) -> LinkResult:
+    def set(
+        self, service: str, uid: str, pod_id: int, *, epoch: int | None = None
+    ) -> LinkResult:
         """Link ``uid`` to ``pod_id`` whatever it was linked to before.
 
-        The target must be registered (draining is allowed: this is the
+        The target must be registered, in any routing state (this is the
         administrative override). ``created`` is True when no link existed.
+        ``epoch`` pins the target's incarnation as in :meth:`try_set`.
         """
         link_key = self.keyspace.link_key(service, uid)
         pod_key = self.keyspace.pod_key(service, pod_id)
         pod = self._registered(service, pod_id)
 
         for _ in range(_MAX_ATTEMPTS):
+            _check_epoch(pod, epoch)
             result = self.store.txn(
                 [Compare(pod_key, "mod", "==", pod.revision)],
                 success=[
@@ -306,6 +323,16 @@ class LinkTable:
         if kv is None:
             raise PodNotRegisteredError(service, pod_id)
         return pod_from_kv(service, kv)
+
+
+def _check_epoch(pod: PodInfo, epoch: int | None) -> None:
+    """Refuse to link to a later (or earlier) life of the expected pod."""
+    if epoch is not None and pod.epoch != epoch:
+        raise LeaseLostError(
+            pod.service,
+            pod.pod_id,
+            detail=f"registered by epoch {pod.epoch}, not {epoch}",
+        )
 
 
 def pod_from_kv(service: str, kv: KeyValue) -> PodInfo:

@@ -294,9 +294,11 @@ class PodSession:
         :class:`LeaseLostError` is raised (the state job re-registers).
         """
         with self._lock:
-            self._require_live()
+            # Record the wish first: if the pod is re-registering, it
+            # registers again with this state.
             if routing_state is not None:
                 self.routing_state = routing_state
+            self._require_live()
             pod_key = self._keyspace.pod_key(self.service, self.pod_id)
             lease_id, epoch = self._lease_id, self._epoch
             value = self._registration_value()
@@ -312,6 +314,39 @@ class PodSession:
             if kv is not None and epoch == self._epoch:
                 self._registration = pod_from_kv(self.service, kv)
         return result.revision
+
+    def verify(self) -> bool:
+        """Check that the registration is still this session's own.
+
+        A read-only transaction comparing the epoch; if someone deleted
+        or replaced the registration while the lease lives on, the session
+        moves to ``LOST`` (and the state job registers again).
+        """
+        with self._lock:
+            self._require_live()
+            epoch = self._epoch
+        pod_key = self._keyspace.pod_key(self.service, self.pod_id)
+        result = self._store.txn([Compare(pod_key, "create", "==", epoch)])
+        if not result.succeeded:
+            self.mark_registration_gone("registration replaced or deleted")
+        return result.succeeded
+
+    def require_owner(self) -> None:
+        """Raise :class:`LeaseLostError` unless this pod may act as owner.
+
+        True while registered (or degraded) and before the local lease
+        deadline: the pod stops claiming ownership before etcd can expire
+        its lease.
+        """
+        with self._lock:
+            self._require_live()
+            if self._clock() >= self._deadline:
+                raise LeaseLostError(
+                    self.service,
+                    self.pod_id,
+                    self._lease_id,
+                    "local lease deadline passed without a keepalive",
+                )
 
     def publish_load(self, load: int, workload: int) -> None:
         """Write the load report, guarded by the epoch like :meth:`publish`."""

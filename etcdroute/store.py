@@ -201,9 +201,18 @@ class Credentials:
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     """Parse ``"h1:2379,h2:2379"`` or a list of ``[scheme://]host:port``."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else endpoints
+    if isinstance(endpoints, str):
+        items: Sequence[object] = endpoints.split(",")
+    elif isinstance(endpoints, (list, tuple)):
+        items = endpoints
+    else:
+        raise InvalidArgumentError(
+            "endpoints", "must be 'host:port,...' text or a list of them"
+        )
     parsed: list[tuple[str, int]] = []
     for item in items:
+        if not isinstance(item, str):
+            raise InvalidArgumentError("endpoints", f"{item!r} is not text")
         text = item.strip()
         if not text:
             continue
@@ -224,26 +233,50 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     return parsed
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _channel_target(endpoints: list[tuple[str, int]]) -> str:
-    """One gRPC target for all endpoints (resolved now if several)."""
+    """One gRPC target for all endpoints (resolved now if several).
+
+    A name that does not resolve is left out with a warning, as long as
+    another endpoint does.
+    """
     if len(endpoints) == 1:
-        host, port = endpoints[0]
-        return f"{host}:{port}"
+        return _host_port(*endpoints[0])
     addresses = []
     for host, port in endpoints:
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise StoreUnavailableError(
-                f"cannot resolve etcd endpoint {host}:{port}: {exc}"
-            ) from exc
+            logger.warning("etcd endpoint %s:%s left out: %s", host, port, exc)
+            continue
         family, _, _, _, sockaddr = info[0]
         ip = sockaddr[0]
         addresses.append(
             f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
         )
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    if not addresses:
+        raise StoreUnavailableError("no etcd endpoint could be resolved")
+    if any(a.startswith("[") for a in addresses) and not all(
+        a.startswith("[") for a in addresses
+    ):
+        raise InvalidArgumentError(
+            "endpoints", "mixing IPv4 and IPv6 endpoints is not supported"
+        )
+    scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
     return f"{scheme}:{','.join(addresses)}"
+
+
+def _read_file(argument: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidArgumentError(
+            argument, f"cannot read {path!r}: {exc.strerror}"
+        ) from None
 
 
 # ---------------------------------------------------------- translation
@@ -423,14 +456,11 @@ class EtcdStore:
         if not creds.tls:
             return grpc.insecure_channel(target, options=options)
         assert creds.ca_cert is not None
-        with open(creds.ca_cert, "rb") as handle:
-            ca = handle.read()
+        ca = _read_file("ca_cert", creds.ca_cert)
         key = chain = None
         if creds.cert_key is not None and creds.cert_cert is not None:
-            with open(creds.cert_key, "rb") as handle:
-                key = handle.read()
-            with open(creds.cert_cert, "rb") as handle:
-                chain = handle.read()
+            key = _read_file("cert_key", creds.cert_key)
+            chain = _read_file("cert_cert", creds.cert_cert)
         channel_creds = grpc.ssl_channel_credentials(ca, key, chain)
         return grpc.secure_channel(target, channel_creds, options=options)
 

@@ -115,6 +115,8 @@ def test_bad_load(make_driver: Factory, load: object) -> None:
         ({"namespace": "a/b"}, "namespace"),
         ({"service": ""}, "service"),
         ({"address": 5}, "address"),
+        ({"address": "a\x00b"}, "address"),
+        ({"address": "\udcff"}, "address"),
         ({"workload": 5}, "workload"),
     ],
 )

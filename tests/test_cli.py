@@ -117,3 +117,68 @@ def test_unreachable_etcd_exit_code() -> None:
     )
     assert result.exit_code == 3
     assert "etcd" in result.output
+
+
+def test_user_errors_exit_cleanly(tmp_path: object) -> None:
+    runner = CliRunner()
+    cases = [
+        (["demo", "--endpoints", "nohost"], 2, "endpoints"),
+        (["demo", "--endpoints", "127.0.0.1:1"], 3, "etcd"),
+        (
+            [
+                "pods",
+                "--namespace",
+                "n",
+                "--service",
+                "s",
+                "--cacert",
+                "/nonexistent/ca.pem",
+            ],
+            2,
+            "ca_cert",
+        ),
+        (["etcd", "--etcd-binary", "/nonexistent/etcd"], 1, "etcd"),
+        (
+            ["links", "--namespace", "n", "--service", "s", "--pod", "-1"],
+            2,
+            "pod",
+        ),
+    ]
+    for args, code, word in cases:
+        result = runner.invoke(main, args)
+        assert result.exit_code == code, (args, result.output)
+        assert word in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_sigterm_stops_demo_and_its_etcd() -> None:
+    import re
+    import signal
+    import socket
+    import time
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "etcdroute.cli", "demo", "--ttl", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        port = None
+        for line in child.stdout:
+            found = re.search(r"embedded etcd \S+ at 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+            if "pod processes" in line:
+                break
+        assert port is not None
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        child.stdout.read()
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the demo's etcd still listens after SIGTERM")

@@ -9,6 +9,7 @@ import pytest
 
 from etcdroute import (
     EtcdStore,
+    InvalidArgumentError,
     LeaseLostError,
     LifecycleError,
     PodIdConflictError,
@@ -197,19 +198,101 @@ def test_lease_bound_links_are_lost_with_the_lease(
 def test_registration_deleted_by_hand_is_restored(
     make_driver: Factory, store: EtcdStore, namespace: str
 ) -> None:
+    """The state job checks the registration is its own every period."""
     pod = make_driver(1)
     old_lease = pod.lease_id
+    transitions: list[Transition] = []
+    pod.add_listener(transitions.append)
     store.delete(Keyspace("etcdroute", namespace).pod_key("game", 1))
 
-    # The next synchronous write notices and the state job re-registers.
-    with pytest.raises(LeaseLostError):
-        pod.set_routing_state(RoutingState.DRAINING)
     assert wait_until(
         lambda: (
             pod.state is SessionState.REGISTERED and pod.lease_id != old_lease
         )
     )
+    assert [t.new for t in transitions][:2] == [
+        SessionState.LOST,
+        SessionState.REGISTERED,
+    ]
     assert [p.pod_id for p in pod.pods()] == [1]
+
+
+def test_stale_process_cannot_claim_after_a_later_life_registered(
+    make_driver: Factory, store: EtcdStore
+) -> None:
+    """A zombie whose pod id was taken by a later life gets no links."""
+    old = make_driver(2)
+    old._state_job.pause()  # the old process stalls...
+    store.revoke_lease(old.lease_id)  # ...its lease runs out...
+    new = make_driver(2)  # ...and a later life of pod 2 registers.
+
+    # The stale process still believes it is registered, but every
+    # own-pod claim is pinned to its epoch.
+    assert old.state is SessionState.REGISTERED
+    with pytest.raises(LeaseLostError):
+        old.try_set_linked_pod("zombie")
+    with pytest.raises(LeaseLostError):
+        old.set_linked_pod("zombie")
+    assert old.get_linked_pod("zombie") is None
+
+    # Once it wakes up it sees the conflict and stays out.
+    old._state_job.resume()
+    assert wait_until(lambda: old.state is SessionState.LOST)
+    with pytest.raises(LeaseLostError):
+        old.try_set_linked_pod("zombie")
+    assert new.try_set_linked_pod("zombie").created
+
+
+def test_no_claims_for_itself_after_local_deadline(
+    make_driver: Factory,
+) -> None:
+    now = [1000.0]
+    pod = make_driver(1, clock=lambda: now[0])
+    pod._state_job.pause()
+    now[0] = pod.session.lease_deadline + 0.01
+
+    with pytest.raises(LeaseLostError) as info:
+        pod.try_set_linked_pod("late")
+    assert "deadline" in str(info.value)
+    assert pod.get_linked_pod("late") is None
+
+
+def test_drain_requested_while_lost_is_kept(
+    make_driver: Factory, store: EtcdStore
+) -> None:
+    pod = make_driver(1)
+    pod._state_job.pause()
+    store.revoke_lease(pod.lease_id)
+
+    with pytest.raises(LeaseLostError):
+        pod.set_routing_state(RoutingState.DRAINING)
+    pod._state_job.resume()
+
+    assert wait_until(lambda: pod.state is SessionState.REGISTERED)
+    (info,) = pod.pods()
+    assert info.routing_state is RoutingState.DRAINING
+
+
+def test_failed_with_block_closes_the_connection(
+    make_driver: Factory, etcd_endpoints: str, namespace: str
+) -> None:
+    make_driver(1)
+    duplicate = ServerDriver(
+        etcd_endpoints, namespace=namespace, service="game", pod_id=1
+    )
+    with pytest.raises(PodIdConflictError), duplicate:
+        pass
+    assert duplicate.store.closed
+
+
+def test_misuse_is_refused(make_driver: Factory) -> None:
+    pod = make_driver(1)
+    with pytest.raises(InvalidArgumentError) as info:
+        pod.add_listener(3)  # type: ignore[arg-type]
+    assert info.value.argument == "listener"
+    pod.stop()
+    with pytest.raises(LifecycleError):
+        pod.set_load_state(1)
 
 
 def test_injected_clock_drives_local_deadline(make_driver: Factory) -> None:

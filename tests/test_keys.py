@@ -28,6 +28,8 @@ KS = Keyspace("etcdroute", "ns")
         "a\x00b",
         "tab\there",
         "\x7f",
+        "c1\x85",
+        "csi\x9b",
         "x" * (MAX_UID_BYTES + 1),
         "\ud800",
         5,
@@ -50,7 +52,8 @@ def test_bad_pod_id(pod_id: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "a/b", "..", "a..b", ".hidden", "x" * 64, "sp ace", "ü", 3]
+    "name",
+    ["", "a/b", "..", "a..b", ".hidden", "x" * 64, "sp ace", "ü", 3, "ns\n"],
 )
 def test_bad_names(name: object) -> None:
     with pytest.raises(InvalidArgumentError) as info:
@@ -109,3 +112,21 @@ def test_routing_state_parse() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         RoutingState.parse("sleeping")
     assert info.value.argument == "routing_state"
+
+
+def test_planted_link_keys_are_reported_as_corrupt() -> None:
+    from etcdroute.errors import CorruptValueError
+
+    for segment in ("%FF", "%2f", "a/b"):
+        with pytest.raises(CorruptValueError):
+            KS.uid_from_link_key("game", KS.links_prefix("game") + segment)
+
+
+def test_ipv6_endpoint_keeps_its_brackets() -> None:
+    from etcdroute.store import _channel_target, parse_endpoints
+
+    assert _channel_target(parse_endpoints("[::1]:2379")) == "[::1]:2379"
+    assert parse_endpoints(["http://h1:1", "h2:2"]) == [("h1", 1), ("h2", 2)]
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_endpoints(123)  # type: ignore[arg-type]
+    assert info.value.argument == "endpoints"

@@ -207,3 +207,18 @@ def test_keys_stay_in_own_namespace(
         for kv in everything
         if kv.lease == pod1.lease_id
     )
+
+
+def test_planted_keys_and_values_are_skipped(
+    make_driver: Factory, store: EtcdStore, namespace: str
+) -> None:
+    pod = make_driver(1)
+    pod.try_set_linked_pod("good")
+    links = Keyspace("etcdroute", namespace).links_prefix("game")
+    store.put(links + "%FF", b'{"epoch":1,"pod":1,"v":1}')
+    store.put(links + "bad-value", b"not json")
+    store.put(links + "wrong-type", b'{"epoch":1,"pod":"1","v":1}')
+
+    assert pod.linked_uids() == ["good"]
+    found, _ = pod._links.links("game")
+    assert [link.uid for link in found] == ["good"]

@@ -147,6 +147,7 @@ def test_watch_on_compacted_revision_fails_fast(
     key = f"{namespace}/c"
     first = store.put(key, b"1")
     last = store.put(key, b"2")
+    store.delete(key)
     store.compact(last)
     errors: list[Exception] = []
     try:
