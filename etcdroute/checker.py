@@ -80,8 +80,14 @@ State = tuple[int, int | None] | None
 #: no real state has a negative pod).
 _BAD: Final[State] = (-1, -1)
 
-#: Default budget of sub-history checks spent on shrinking one uid.
+#: Marker state: anything (the start of a window cut out of a longer
+#: history); the first operation that observes the register fixes it.
+_ANY: Final[State] = (-2, -2)
+
+#: Default budget of sub-history checks, and of seconds, spent on
+#: shrinking the failure of one uid.
 SHRINK_BUDGET: Final = 2000
+SHRINK_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Violation:
     message: str
     operations: tuple[Operation, ...]
     minimal: bool = True
+    start: str = "absent"
 
     def describe(self) -> str:
         """Readable multi-line text: what broke, then the operations."""
@@ -163,9 +170,13 @@ def check_history(
     for uid, ops in by_uid.items():
         violations.extend(check_single_owner(ops))
         violations.extend(check_agreement(ops))
-        if not is_linearizable(ops):
+        kept = [op for op in ops if _relevant(op)]
+        blocker = _blocker(kept, False)
+        if blocker is not None:
             violations.append(
-                _linearizability_violation(uid, ops, shrink, shrink_budget)
+                _linearizability_violation(
+                    uid, kept, blocker, shrink, shrink_budget
+                )
             )
     elapsed = time.perf_counter() - started
     if violations:
@@ -181,33 +192,136 @@ def check_history(
 
 
 def _linearizability_violation(
-    uid: str, ops: list[Operation], shrink: bool, budget: int
+    uid: str,
+    kept: list[Operation],
+    blocker: Operation,
+    shrink: bool,
+    budget: int,
 ) -> Violation:
-    evidence, minimal = (
-        shrink_failure(ops, lambda sub: not is_linearizable(sub), budget)
-        if shrink
-        else (ops, False)
-    )
-    kept = sum(1 for op in ops if _relevant(op))
+    if not shrink:
+        return Violation(
+            "linearizability",
+            uid,
+            f"no order of its {len(kept)} operations explains every result",
+            tuple(kept),
+            minimal=False,
+        )
+    window, start_any = failing_window(kept, blocker)
+    writers = _writers(window)
+
+    def same_failure(candidate: Sequence[Operation]) -> bool:
+        # Keep the write behind every revision a kept call observed, and
+        # insist on the same stuck operation: a subset failing for a
+        # reason of its own (a remove whose link was dropped) is not an
+        # explanation of this failure.
+        members = set(map(id, candidate))
+        for op in candidate:
+            observed = _observed(op)
+            writer = None if observed is None else writers.get(observed)
+            if writer is not None and id(writer) not in members:
+                return False
+        return (
+            id(blocker) in members
+            and _blocker(candidate, start_any) is blocker
+        )
+
+    evidence, minimal = shrink_failure(window, same_failure, budget)
+    before = "in any state" if start_any else "absent"
     message = (
-        f"no order of its {kept} operations explains every result"
-        if not minimal
-        else f"no order explains these {len(evidence)} of its {kept} "
-        "operations (removing any one of them leaves a linearizable "
-        "history)"
+        f"no order explains these {len(evidence)} of its {len(kept)} "
+        f"operations, starting {before}; the last it could not explain "
+        f"is {blocker.process}'s {blocker.op}"
     )
-    return Violation("linearizability", uid, message, tuple(evidence), minimal)
+    if minimal:
+        message += " (drop any one and the rest is explained)"
+    return Violation(
+        "linearizability", uid, message, tuple(evidence), minimal, before
+    )
+
+
+def failing_window(
+    ops: Sequence[Operation], blocker: Operation
+) -> tuple[list[Operation], bool]:
+    """The shortest stretch of ``ops`` that fails at the same operation.
+
+    Operations invoked after ``blocker`` completed are cut; the start is
+    moved to a quiescent point (every earlier completed call completed
+    before it), from where the register may be in any state. Calls of
+    unknown outcome from before that point come along, since they may
+    act later. Returns ``(window, start_any)``.
+    """
+    ordered = sorted(ops, key=lambda op: op.invoke)
+    horizon = blocker.complete if blocker.complete is not None else 0.0
+    cut = [op for op in ordered if op.invoke <= horizon]
+
+    # Quiescent points, latest first: before op j nothing known is open.
+    quiet = []
+    open_until = float("-inf")
+    for index, op in enumerate(cut):
+        if index and op.invoke > open_until:
+            quiet.append(index)
+        if op.outcome == "ok" and op.complete is not None:
+            open_until = max(open_until, op.complete)
+    quiet.reverse()
+
+    step = 1
+    while step <= len(quiet):
+        start = quiet[step - 1]
+        window = [op for op in cut[:start] if op.outcome == "unknown"]
+        window += cut[start:]
+        if _blocker(window, True) is blocker:
+            return window, True
+        step *= 2
+    return ordered, False
+
+
+def _observed(op: Operation) -> int | None:
+    """The revision an ok call observed (not wrote), if any."""
+    if op.outcome != "ok" or op.result is None:
+        return None
+    if op.op == "get" or (op.op == "try_set" and not op.result["created"]):
+        revision = op.result.get("revision")
+        return revision if isinstance(revision, int) else None
+    return None
+
+
+def _writers(ops: Sequence[Operation]) -> dict[int, Operation]:
+    """Which ok call wrote each revision."""
+    found = {}
+    for op in ops:
+        if op.outcome != "ok" or op.result is None:
+            continue
+        if op.op == "set" or (op.op == "try_set" and op.result["created"]):
+            found[op.result["revision"]] = op
+    return found
 
 
 # ----------------------------------------------------------------- G3
 
 
-def is_linearizable(ops: Sequence[Operation]) -> bool:
-    """Whether the operations of ONE uid are linearizable (see module)."""
+def is_linearizable(
+    ops: Sequence[Operation], *, start_any: bool = False
+) -> bool:
+    """Whether the operations of ONE uid are linearizable (see module).
+
+    The register starts absent, or in any state with ``start_any``.
+    """
+    return _blocker(ops, start_any) is None
+
+
+def _blocker(ops: Sequence[Operation], start_any: bool) -> Operation | None:
+    """None if linearizable, else the operation the search stopped at.
+
+    That is the operation with the latest completion that the search
+    could not get past: every earlier completion has an explanation.
+    """
     kept = [op for op in ops if _relevant(op)]
     if not kept:
-        return True
-    return _Search(kept).run()
+        return None
+    search = _Search(kept, _ANY if start_any else None)
+    if search.run():
+        return None
+    return kept[search.blocker]
 
 
 def _relevant(op: Operation) -> bool:
@@ -225,9 +339,11 @@ class _Search:
     return node (nothing forces them to have taken effect).
     """
 
-    def __init__(self, ops: Sequence[Operation]) -> None:
+    def __init__(self, ops: Sequence[Operation], start: State) -> None:
         count = len(ops)
         self.count = count
+        self.start = start
+        self.blocker = -1
         self.code = [_CODES[op.op] for op in ops]
         self.pod = [-1 if op.pod is None else op.pod for op in ops]
         self.known = [op.outcome == "ok" for op in ops]
@@ -245,10 +361,12 @@ class _Search:
         size = 2 * count + 1
         self.nxt = [-1] * size
         self.prv = [-1] * size
+        self.position = [0] * size
         previous = 0
-        for _, _, node in events:
+        for position, (_, _, node) in enumerate(events, start=1):
             self.nxt[previous] = node
             self.prv[node] = previous
+            self.position[node] = position
             previous = node
 
     def _lift(self, i: int) -> None:
@@ -276,8 +394,9 @@ class _Search:
         step = self._step
         known = self.known
         remaining = sum(known)
-        state: State = None
+        state: State = self.start
         linearized = 0
+        furthest = -1
         seen: set[tuple[int, State]] = set()
         stack: list[tuple[int, State]] = []
         node = nxt[0]
@@ -302,6 +421,9 @@ class _Search:
 
             # A return node (or the end): the operation it closes was not
             # linearized in time; undo the most recent choice.
+            if node > 0 and self.position[node] > furthest:
+                furthest = self.position[node]
+                self.blocker = (node - 2) >> 1
             if not stack:
                 return False
             i, state = stack.pop()
@@ -314,6 +436,8 @@ class _Search:
     def _step(self, state: State, i: int) -> State:
         """The state after operation ``i`` in ``state``, or ``_BAD``."""
         code, pod = self.code[i], self.pod[i]
+        if state is _ANY:
+            return _step_from_any(code, pod, self.known[i], self.answer[i])
         if not self.known[i]:
             return _unknown_effect(code, pod, state)
         owner, flag, revision = self.answer[i]
@@ -357,6 +481,30 @@ def _answer(op: Operation) -> Answer:
     return (None, result["removed"], None)
 
 
+def _step_from_any(code: int, pod: int, known: bool, answer: Answer) -> State:
+    """The first step from an unknown start: the lenient choice.
+
+    Whatever the start was, the operation's own answer tells the state
+    after it; where it does not, the state stays unknown.
+    """
+    owner, flag, revision = answer
+    if not known:
+        if code in (_TRY, _SET):
+            return (pod, None)
+        return None
+    if code in (_GET, _TRY):
+        if owner is None or revision is None:
+            return None
+        if code == _TRY and flag and owner != pod:
+            return _BAD
+        return (owner, revision)
+    if code == _SET:
+        return (pod, revision) if owner == pod else _BAD
+    if code == _REMOVE or flag:
+        return None
+    return _ANY
+
+
 def _observe(state: State, owner: int, revision: int) -> State:
     """A read of ``owner`` at ``revision``: it must be the state."""
     if state is None or state[0] != owner:
@@ -390,13 +538,15 @@ def shrink_failure(
     ops: Sequence[Operation],
     fails: Callable[[Sequence[Operation]], bool],
     budget: int = SHRINK_BUDGET,
+    seconds: float = SHRINK_SECONDS,
 ) -> tuple[list[Operation], bool]:
     """Delta debugging: a small subset of ``ops`` on which ``fails`` holds.
 
     Returns ``(subset, minimal)``; ``minimal`` is True when the subset is
     1-minimal (no single operation can be dropped), False when the
-    budget of ``fails`` calls ran out first.
+    budget of ``fails`` calls or of ``seconds`` ran out first.
     """
+    deadline = time.perf_counter() + seconds
     current = [op for op in ops if _relevant(op)]
     chunk = max(1, len(current) // 2)
     spent = 0
@@ -404,7 +554,7 @@ def shrink_failure(
         removed_any = False
         start = 0
         while start < len(current):
-            if spent >= budget:
+            if spent >= budget or time.perf_counter() > deadline:
                 return current, False
             candidate = current[:start] + current[start + chunk :]
             spent += 1
