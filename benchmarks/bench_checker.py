@@ -13,7 +13,8 @@ so the history is linearizable by construction.
 
 Side by side in the same run, as baselines: reading the history back
 from its JSON lines (the cost the checker cannot avoid) and the same
-check with one injected fault (a read of a link never written), which must be found on exactly that uid.
+check with one injected fault (a read of a link never written), which
+must be found on exactly that uid.
 
     .venv/bin/python benchmarks/bench_checker.py [--ops N] [--uids N]
 
@@ -273,7 +274,8 @@ def write_doc(result: dict[str, Any], command: str) -> None:
             "|---|---|---|---|---|---|---|",
             f"| {result['operations']:,} | {result['uids']:,} | "
             f"{result['busiest_uid_operations']:,} ops | "
-            f"{result['read_seconds']:.2f} s | {result['check_seconds']:.2f} s | "
+            f"{result['read_seconds']:.2f} s | "
+            f"{result['check_seconds']:.2f} s | "
             f"{result['check_to_read_ratio']:.1f} | "
             f"{result['faulty_check_seconds']:.2f} s, found |",
             END,

@@ -53,7 +53,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from etcdroute.history import Operation
@@ -171,11 +171,11 @@ def check_history(
         violations.extend(check_single_owner(ops))
         violations.extend(check_agreement(ops))
         kept = [op for op in ops if _relevant(op)]
-        blocker = _blocker(kept, False)
-        if blocker is not None:
+        failure = _diagnose(kept, False)
+        if failure is not None:
             violations.append(
                 _linearizability_violation(
-                    uid, kept, blocker, shrink, shrink_budget
+                    uid, kept, failure, shrink, shrink_budget
                 )
             )
     elapsed = time.perf_counter() - started
@@ -194,10 +194,11 @@ def check_history(
 def _linearizability_violation(
     uid: str,
     kept: list[Operation],
-    blocker: Operation,
+    failure: _Failure,
     shrink: bool,
     budget: int,
 ) -> Violation:
+    blocker, window, start_any = failure
     if not shrink:
         return Violation(
             "linearizability",
@@ -206,7 +207,6 @@ def _linearizability_violation(
             tuple(kept),
             minimal=False,
         )
-    window, start_any = failing_window(kept, blocker)
     writers = _writers(window)
 
     def same_failure(candidate: Sequence[Operation]) -> bool:
@@ -239,25 +239,66 @@ def _linearizability_violation(
     )
 
 
-def failing_window(
-    ops: Sequence[Operation], blocker: Operation
-) -> tuple[list[Operation], bool]:
-    """The shortest stretch of ``ops`` that fails at the same operation.
+#: A proven failure: the blocker, a failing window holding it, and
+#: whether that window starts in any state (else absent).
+_Failure = tuple[Operation, list[Operation], bool]
 
-    Operations invoked after ``blocker`` completed are cut; the start is
-    moved to a quiescent point (every earlier completed call completed
-    before it), from where the register may be in any state. Calls of
-    unknown outcome from before that point come along, since they may
-    act later. Returns ``(window, start_any)``.
+
+def _diagnose(kept: list[Operation], start_any: bool) -> _Failure | None:
+    """Decide linearizability of one uid; None if linearizable.
+
+    A linearizable history is usually confirmed by a short walk, while a
+    broken one can make the search exhaust a long prefix before it may
+    say no. So the search first runs on a budget; if that runs out, a
+    short window around where it got stuck is checked (a failing window
+    proves the whole failing, see :func:`failing_window`), and only then
+    is the whole searched without a budget.
     """
-    ordered = sorted(ops, key=lambda op: op.invoke)
-    horizon = blocker.complete if blocker.complete is not None else 0.0
-    cut = [op for op in ordered if op.invoke <= horizon]
+    if not kept:
+        return None
+    start = _ANY if start_any else None
+    search = _Search(kept, start)
+    verdict = search.run(budget=max(5_000, 8 * len(kept)))
+    if verdict is None and search.blocker >= 0:
+        found = failing_window(kept, kept[search.blocker])
+        if found is not None:
+            return found
+    if verdict is None:
+        search = _Search(kept, start)
+        verdict = search.run()
+    if verdict:
+        return None
+    blocker = kept[search.blocker]
+    found = failing_window(kept, blocker)
+    return found if found is not None else (blocker, kept, start_any)
 
-    # Quiescent points, latest first: before op j nothing known is open.
+
+def failing_window(
+    ops: Sequence[Operation], suspect: Operation
+) -> _Failure | None:
+    """A short stretch of ``ops`` around ``suspect`` that fails alone.
+
+    The window starts at a quiet moment Q (every completed call invoked
+    before Q completed before Q), in any register state, and keeps the
+    calls of unknown outcome invoked before Q (they may act later). It
+    ends at the suspect's completion H: later calls are dropped, and
+    calls still running at H count as unknown there (a get is dropped).
+    Every call kept with a known result completed by H, so dropped ones
+    cannot have acted before it: if the window fails, so does the whole.
+    Windows from later to earlier Q are tried, up to half the history;
+    returns ``(blocker, window, True)`` or None.
+    """
+    if suspect.complete is None:
+        return None
+    horizon = suspect.complete
+    ordered = sorted(ops, key=lambda op: op.invoke)
+
+    # Quiet moments, latest first, before the suspect's invocation.
     quiet = []
     open_until = float("-inf")
-    for index, op in enumerate(cut):
+    for index, op in enumerate(ordered):
+        if op.invoke > suspect.invoke:
+            break
         if index and op.invoke > open_until:
             quiet.append(index)
         if op.outcome == "ok" and op.complete is not None:
@@ -266,13 +307,30 @@ def failing_window(
 
     step = 1
     while step <= len(quiet):
-        start = quiet[step - 1]
-        window = [op for op in cut[:start] if op.outcome == "unknown"]
-        window += cut[start:]
-        if _blocker(window, True) is blocker:
-            return window, True
+        window = _window(ordered, quiet[step - 1], horizon)
+        if len(window) * 2 > len(ordered):
+            return None
+        blocker = _blocker(window, True)
+        if blocker is not None:
+            return blocker, window, True
         step *= 2
-    return ordered, False
+    return None
+
+
+def _window(
+    ordered: Sequence[Operation], start: int, horizon: float
+) -> list[Operation]:
+    """The calls of :func:`failing_window` between ``start`` and H."""
+    window = [op for op in ordered[:start] if op.outcome == "unknown"]
+    for op in ordered[start:]:
+        if op.invoke > horizon:
+            break
+        if op.outcome == "ok" and (op.complete or 0.0) > horizon:
+            if op.op == "get":
+                continue
+            op = replace(op, outcome="unknown", result=None)
+        window.append(op)
+    return window
 
 
 def _observed(op: Operation) -> int | None:
@@ -306,7 +364,7 @@ def is_linearizable(
 
     The register starts absent, or in any state with ``start_any``.
     """
-    return _blocker(ops, start_any) is None
+    return _check(ops, start_any)
 
 
 def _blocker(ops: Sequence[Operation], start_any: bool) -> Operation | None:
@@ -322,6 +380,10 @@ def _blocker(ops: Sequence[Operation], start_any: bool) -> Operation | None:
     if search.run():
         return None
     return kept[search.blocker]
+
+
+def _check(ops: Sequence[Operation], start_any: bool) -> bool:
+    return _diagnose([op for op in ops if _relevant(op)], start_any) is None
 
 
 def _relevant(op: Operation) -> bool:
@@ -389,7 +451,8 @@ class _Search:
             if after != -1:
                 prv[after] = node
 
-    def run(self) -> bool:
+    def run(self, budget: int | None = None) -> bool | None:
+        """Search; None when ``budget`` configurations were not enough."""
         nxt = self.nxt
         step = self._step
         known = self.known
@@ -409,6 +472,8 @@ class _Search:
                     key = (marked, after)
                     if key not in seen:
                         seen.add(key)
+                        if budget is not None and len(seen) > budget:
+                            return None
                         stack.append((i, state))
                         state = after
                         linearized = marked

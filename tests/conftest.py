@@ -29,7 +29,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=150,
+    max_examples=300,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=_RELAXED,

@@ -448,3 +448,35 @@ def test_many_overlapping_ops_stay_fast(processes: int) -> None:
         history.append(remove("p0", base + 6, base + 7, removed=True))
     result = check_history(history)
     assert result.ok and result.elapsed < 30
+
+
+def test_failure_deep_in_a_long_contended_history_is_found_fast() -> None:
+    # 4 processes hammer one uid with overlapping reads of a link that
+    # changes owner every round; a single stale read near the end.
+    history = []
+    for step in range(150):
+        base = step * 10.0
+        history.append(
+            set_(
+                "w", base, base + 4, step % 3, created=step == 0, rev=step + 1
+            )
+        )
+        for reader in range(3):
+            history.append(
+                get(
+                    f"r{reader}",
+                    base + 1 + reader,
+                    base + 6 + reader,
+                    step % 3,
+                    step + 1,
+                )
+            )
+    stale = get("late", 1400.5, 1400.9, 0, 1)  # round 0's link, long gone
+    history.append(stale)
+
+    result = check_history(history)
+    (violation,) = result.violations
+    assert stale in violation.operations
+    assert len(violation.operations) <= 3, violation.describe()
+    assert result.elapsed < 30
+    assert is_linearizable([op for op in history if op is not stale])
