@@ -96,12 +96,11 @@ def _table(violation: Violation) -> Table:
             if op.complete is None
             else f"{(op.complete - origin) * 1000:.3f}"
         )
-        answer = op.describe().rsplit("-> ", 1)[1]
         table.add_row(
             f"{(op.invoke - origin) * 1000:.3f}",
             until,
             op.process,
             f"{op.op}({argument})",
-            answer,
+            op.answer(),
         )
     return table

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
@@ -114,6 +114,8 @@ class Operation:
             outcome=_text(document, "outcome"),
             result=document.get("result"),
         )
+        if operation.outcome != "ok" and operation.result is not None:
+            operation = replace(operation, result=None)
         operation.validate()
         return operation
 
@@ -156,15 +158,17 @@ class Operation:
         otherwise the recorded seconds.
         """
         argument = "" if self.pod is None else f", pod {self.pod}"
-        if self.outcome == "ok":
-            answer = _describe_result(self.op, self.result or {})
-        else:
-            answer = self.outcome
         return (
             f"[{_clock_text(self.invoke, origin)} .. "
             f"{_clock_text(self.complete, origin)}] {self.process}: "
-            f"{self.op}({self.uid!r}{argument}) -> {answer}"
+            f"{self.op}({self.uid!r}{argument}) -> {self.answer()}"
         )
+
+    def answer(self) -> str:
+        """The outcome in words: the result if ok, else the outcome."""
+        if self.outcome != "ok":
+            return self.outcome
+        return _describe_result(self.op, self.result or {})
 
 
 def _clock_text(moment: float | None, origin: float | None) -> str:
