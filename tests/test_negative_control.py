@@ -135,6 +135,16 @@ def test_real_try_set_under_the_same_contention_passes(
         if op.op == "try_set" and op.result and op.result["created"]
     ]
     assert created, "no try_set created anything: nothing was tested"
+    # The contention is real: some try_sets on one uid overlapped.
+    try_sets = [op for op in history if op.op == "try_set"]
+    assert any(
+        a is not b
+        and a.uid == b.uid
+        and a.invoke < (b.complete or 0)
+        and b.invoke < (a.complete or 0)
+        for a in try_sets
+        for b in try_sets
+    ), "no two try_sets raced"
 
 
 @pytest.mark.slow
