@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from etcdroute.check_command import check_command
 from etcdroute.demo import DemoOptions, run_demo
 from etcdroute.embedded import EmbeddedEtcd
 from etcdroute.errors import EtcdRouteError, InvalidArgumentError, StoreError
@@ -275,6 +276,8 @@ def _command() -> Iterator[None]:
     except EtcdRouteError as exc:
         raise click.ClickException(str(exc)) from exc
 
+
+main.add_command(check_command)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,8 @@ Errors coming from etcd or gRPC are translated once, in
     │   ├── PodNotAcceptingError    link target is draining or offline
     │   └── LeaseLostError          this pod's lease is gone
     ├── NotOwnerError               owner-guarded call on a uid not owned
-    └── CorruptValueError           a value under our keys does not decode
+    ├── CorruptValueError           a value under our keys does not decode
+    └── HistoryFormatError          a history file breaks its format
 
 ``StoreTimeoutError`` deserves care: the request may or may not have been
 applied by etcd. Callers that must know re-read the key.
@@ -184,3 +185,13 @@ class CorruptValueError(EtcdRouteError):
         self.key = key
         self.reason = reason
         super().__init__(f"corrupt value at {key!r}: {reason}")
+
+
+class HistoryFormatError(EtcdRouteError, ValueError):
+    """A recorded history (JSON lines) does not follow its format."""
+
+    def __init__(self, source: str, line: int, reason: str) -> None:
+        self.source = source
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{source}, line {line}: {reason}")

@@ -15,9 +15,26 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from etcdroute import DriverConfig, EmbeddedEtcd, EtcdStore, ServerDriver
 from etcdroute.keys import Keyspace
+
+# Hypothesis profiles: "quick" for the default run, "thorough" for CI
+# (make test runs the property tests again with it). Drivers are shared
+# across the examples of one test, hence the fixture health check.
+_RELAXED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "quick", max_examples=15, deadline=None, suppress_health_check=_RELAXED
+)
+settings.register_profile(
+    "thorough",
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=_RELAXED,
+)
+settings.load_profile(os.environ.get("ETCDROUTE_HYPOTHESIS_PROFILE", "quick"))
 
 #: Fast timings for tests: a crashed pod's lease runs out in 2 s.
 FAST = DriverConfig(
