@@ -25,6 +25,14 @@ by itself:
   permission (FR09) makes it DEGRADED (bypassed) until a full resync
   succeeds.
 
+etcd before 3.5.8 may answer a progress request for a watch that is
+still replaying history (it started behind the current revision) with
+the current revision, *before* the replayed events (etcd issue 15220;
+seen with the bundled 3.5.1). The mirror therefore ignores progress
+notifications for ``PROGRESS_GRACE`` seconds after creating a watch; a
+watch that needs longer than that to catch up can still be trusted too
+early on such versions.
+
 Known shortcoming: while RECONNECTING the mirror still counts as usable
 within the staleness bound, because nothing proves a change was missed;
 once the bound passes it is bypassed like a paused etcd.
@@ -97,7 +105,12 @@ class _Stream:
     revision: int = 0
     confirmed_at: float = -math.inf
     pending_since: float | None = None
+    trusted_from: float = math.inf
 
+
+#: Seconds after a watch is created during which its progress
+#: notifications are not trusted (see the module docstring).
+PROGRESS_GRACE = 1.0
 
 # Queue items: (generation, feed index, batch or error), or a command.
 _PROGRESS = "progress"
@@ -220,9 +233,9 @@ class PrefixMirror:
 
     def drop_watch(self) -> None:
         """Cut the current watches as a lost connection would (test hook)."""
+        self._cancel_watches()
         with self._lock:
             generation = self._generation
-        self._cancel_watches()
         self._queue.put(
             (generation, 0, StoreUnavailableError("watch dropped by test"))
         )
@@ -264,10 +277,18 @@ class PrefixMirror:
             self._recover(payload)
 
     def _apply(self, index: int, batch: WatchBatch) -> None:
-        self._feeds[index].sink.apply(batch.events, batch.revision)
+        stream = self._streams[index]
+        if not batch.events and self._clock() < stream.trusted_from:
+            return  # a progress notification we cannot trust yet
+        # A batch of events proves only its own events: while a watch
+        # replays history etcd stamps it with the current revision even
+        # if more history follows. Progress notifications prove more.
+        revision = batch.revision
+        if batch.events:
+            revision = max(event.kv.mod_revision for event in batch.events)
+        self._feeds[index].sink.apply(batch.events, revision)
         with self._lock:
-            stream = self._streams[index]
-            stream.revision = max(stream.revision, batch.revision)
+            stream.revision = max(stream.revision, revision)
             if not batch.events and stream.pending_since is not None:
                 # A progress notification answers the oldest open request.
                 stream.confirmed_at = stream.pending_since
@@ -384,6 +405,9 @@ class PrefixMirror:
             )
             with self._lock:
                 self._streams[index].watch = watch
+                self._streams[index].trusted_from = (
+                    self._clock() + PROGRESS_GRACE
+                )
 
     def _enqueue(
         self, generation: int, index: int
