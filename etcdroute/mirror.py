@@ -110,7 +110,7 @@ class _Stream:
 
 #: Seconds after a watch is created during which its progress
 #: notifications are not trusted (see the module docstring).
-PROGRESS_GRACE = 1.0
+PROGRESS_GRACE = 0.5
 
 # Queue items: (generation, feed index, batch or error), or a command.
 _PROGRESS = "progress"
@@ -208,17 +208,19 @@ class PrefixMirror:
         with self._lock:
             return self._streams[index].revision
 
-    def wait_for(self, revision: int, timeout: float) -> bool:
-        """Wait until every feed holds every change up to ``revision``."""
-        deadline = self._clock() + timeout
-        self._queue.put(_PROGRESS)
+    def wait_current(self, timeout: float) -> bool:
+        """Wait until the mirror is proven to hold every change committed
+        before this call; False if that did not happen within
+        ``timeout`` seconds."""
+        since = self._clock()
+        deadline = since + timeout
         with self._lock:
-            while min(s.revision for s in self._streams) < revision:
+            while not (self._serving and self._oldest_confirmation >= since):
                 left = deadline - self._clock()
                 if left <= 0:
                     return False
-                self._lock.wait(min(left, 0.2))
                 self._queue.put(_PROGRESS)
+                self._lock.wait(min(left, 0.1))
         return True
 
     # ----------------------------------------------------- test hooks
@@ -279,7 +281,11 @@ class PrefixMirror:
     def _apply(self, index: int, batch: WatchBatch) -> None:
         stream = self._streams[index]
         if not batch.events and self._clock() < stream.trusted_from:
-            return  # a progress notification we cannot trust yet
+            # A progress notification we cannot trust yet; the next
+            # request starts a new proof.
+            with self._lock:
+                stream.pending_since = None
+            return
         # A batch of events proves only its own events: while a watch
         # replays history etcd stamps it with the current revision even
         # if more history follows. Progress notifications prove more.

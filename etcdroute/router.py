@@ -486,10 +486,7 @@ class Router:
         Returns False if that did not happen within ``timeout`` seconds.
         """
         self._require_running()
-        _, revision = self._store.count_prefix(
-            self.keyspace.links_prefix(self.service)
-        )
-        return self._mirror.wait_for(revision, timeout)
+        return self._mirror.wait_current(timeout)
 
     def stats(self) -> dict[str, int | str]:
         """Counters for monitoring."""
