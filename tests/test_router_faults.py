@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 
@@ -68,7 +69,23 @@ def etcd_links(store: EtcdStore) -> dict[str, tuple[int, int]]:
 
 
 def cached(router: Router) -> dict[str, tuple[int, int]]:
-    return {uid: tuple(entry) for uid, entry in router.cached().items()}  # type: ignore[misc]
+    return {
+        uid: (entry.pod_id, entry.revision)
+        for uid, entry in router.cached().items()
+    }
+
+
+def relink(endpoints: str, uid: str, pod_id: int) -> int:
+    """Force a link through a client of our own; returns its revision."""
+    with EtcdStore(endpoints) as other:
+        table = LinkTable(other, KEYSPACE)
+        assert wait_until(lambda: bool(table.pods(SERVICE)[0]))
+        return table.set(SERVICE, uid, pod_id).revision
+
+
+def holds(router: Router, uid: str, revision: int) -> bool:
+    entry = router.cached().get(uid)
+    return entry is not None and entry.revision == revision
 
 
 @pytest.fixture
@@ -78,7 +95,7 @@ def etcd() -> Iterator[EmbeddedEtcd]:
 
 
 def start_pods(
-    endpoints: str, count: int = 2, **kwargs: object
+    endpoints: str, count: int = 2, credentials: Credentials | None = None
 ) -> list[ServerDriver]:
     return [
         ServerDriver(
@@ -88,7 +105,7 @@ def start_pods(
             pod_id=pod_id,
             address=f"pod-{pod_id}:1",
             config=SLOW_LEASE,
-            **kwargs,  # type: ignore[arg-type]
+            credentials=credentials,
         ).start()
         for pod_id in range(count)
     ]
@@ -162,16 +179,9 @@ def test_etcd_restart_rebuilds_the_watch(
             etcd.kill(0)
             etcd.restart(0)
             # Another client changes a link once etcd is back.
-            with EtcdStore(etcd.endpoint_string) as other:
-                table = LinkTable(other, KEYSPACE)
-                assert wait_until(lambda: bool(table.pods(SERVICE)[0]))
-                made = table.set(SERVICE, f"after-{cycle}", cycle % 2)
-
-            def seen(uid: str = f"after-{cycle}") -> bool:
-                entry = router.cached().get(uid)
-                return entry is not None and entry.revision == made.revision
-
-            assert wait_until(seen, 15), f"cycle {cycle}"
+            uid = f"after-{cycle}"
+            revision = relink(etcd.endpoint_string, uid, cycle % 2)
+            assert wait_until(partial(holds, router, uid, revision), 15)
             assert wait_until(lambda: router.state is MirrorState.LIVE)
         assert router.sync(10)
         with EtcdStore(etcd.endpoint_string) as check:
