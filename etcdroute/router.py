@@ -43,6 +43,7 @@ from etcdroute.errors import (
     PodNotAcceptingError,
     PodNotRegisteredError,
     StoreError,
+    StoreUnavailableError,
 )
 from etcdroute.keys import Keyspace, check_name, check_pod_id, check_uid
 from etcdroute.linkcache import CachedLink, LinkCache
@@ -281,7 +282,32 @@ class Router:
             if hit is not None:
                 return hit
         check_uid(uid)
-        return self._from_etcd(uid, create)
+        return self._from_etcd_retrying(uid, create)
+
+    def _from_etcd_retrying(
+        self, uid: str, create: bool
+    ) -> RouteResult | None:
+        """:meth:`_from_etcd`, retried while etcd is briefly unavailable.
+
+        A member dying or a leader change makes calls fail fast with
+        "unavailable"; the same call through the store's next member
+        usually works a moment later (FR17). Retries stop once the
+        store's deadline has passed since the first attempt. After an
+        ambiguous failure of a claim, the retry finds the link made and
+        reports ``created=False``: the owner is right, ``created`` may be
+        understated.
+        """
+        deadline = time.monotonic() + self._store.timeout
+        delay = 0.05
+        while True:
+            try:
+                return self._from_etcd(uid, create)
+            except StoreUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.debug("route of %r: %s; retrying", uid, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _from_cache(self, uid: str, bound: float) -> RouteResult | None:
         if not self._mirror.usable(bound):
