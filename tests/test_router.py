@@ -564,3 +564,23 @@ def test_bad_correction_and_config(make_router: Any) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         Router("127.0.0.1:1", namespace="bad/ns", service="game")
     assert caught.value.argument == "namespace"
+
+
+def test_new_uids_go_to_less_loaded_pods(
+    make_driver: Callable[..., ServerDriver],
+    make_router: Any,
+    store: EtcdStore,
+    namespace: str,
+) -> None:
+    make_driver(0, workload=lambda: 1000)
+    make_driver(1, workload=lambda: 0)
+    make_driver(2, workload=lambda: 0)
+    router = make_router()
+    assert wait_until(lambda: router.pods()[0].workload == 1000)
+    owners = [router.route(f"placed-{i}").pod_id for i in range(60)]
+    assert 0 not in owners
+    # The router counts its own placements until the next report.
+    assert abs(owners.count(1) - owners.count(2)) <= 2
+    assert sorted(etcd_links(store, namespace)) == sorted(
+        f"placed-{i}" for i in range(60)
+    )
