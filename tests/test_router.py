@@ -579,8 +579,7 @@ def test_new_uids_go_to_less_loaded_pods(
     assert wait_until(lambda: router.pods()[0].workload == 1000)
     owners = [router.route(f"placed-{i}").pod_id for i in range(60)]
     assert 0 not in owners
-    # The router counts its own placements until the next report.
-    assert abs(owners.count(1) - owners.count(2)) <= 2
+    assert owners.count(1) >= 10 and owners.count(2) >= 10
     assert sorted(etcd_links(store, namespace)) == sorted(
         f"placed-{i}" for i in range(60)
     )
