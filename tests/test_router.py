@@ -583,3 +583,29 @@ def test_new_uids_go_to_less_loaded_pods(
     assert sorted(etcd_links(store, namespace)) == sorted(
         f"placed-{i}" for i in range(60)
     )
+
+
+def test_links_of_a_crashed_pod_leave_the_cache(
+    pods: list[ServerDriver],
+    make_router: Any,
+    store: EtcdStore,
+    namespace: str,
+) -> None:
+    """FR04/FR05: etcd deletes a dead pod's keys; the router drops them."""
+    router = make_router()
+    for index in range(6):
+        pods[index % 2].try_set_linked_pod(f"owned-{index}", index % 2)
+    assert router.sync()
+    assert len(router.cached()) == 6
+
+    pods[1]._state_job.pause()  # pod 1 stalls: its lease runs out
+    try:
+        assert wait_until(
+            lambda: 1 not in [pod.pod_id for pod in router.pods()], 15
+        )
+        assert wait_until(lambda: len(router.cached()) == 3, 5)
+        assert {e.pod_id for e in router.cached().values()} == {0}
+        assert router.lookup("owned-1") is None
+        assert router.cached() == etcd_links(store, namespace)
+    finally:
+        pods[1]._state_job.resume()
