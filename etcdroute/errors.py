@@ -22,6 +22,7 @@ Errors coming from etcd or gRPC are translated once, in
     │   ├── PodNotRegisteredError   link target is not registered
     │   ├── PodNotAcceptingError    link target is draining or offline
     │   └── LeaseLostError          this pod's lease is gone
+    ├── NoPodAvailableError         no accepting pod for a new uid
     ├── NotOwnerError               owner-guarded call on a uid not owned
     ├── CorruptValueError           a value under our keys does not decode
     └── HistoryFormatError          a history file breaks its format
@@ -154,6 +155,17 @@ class LeaseLostError(PodError):
             pod_id,
             f"{what} of pod {pod_id} ({service!r}) is lost"
             + (f": {detail}" if detail else ""),
+        )
+
+
+class NoPodAvailableError(EtcdRouteError):
+    """A router found no registered, accepting pod for a new uid."""
+
+    def __init__(self, service: str, uid: str) -> None:
+        self.service = service
+        self.uid = uid
+        super().__init__(
+            f"no accepting pod of service {service!r} for new uid {uid!r}"
         )
 
 

@@ -102,3 +102,24 @@ def make_driver(
     yield factory
     for driver in made:
         driver.stop()
+
+
+@pytest.fixture
+def make_router(
+    etcd_endpoints: str, namespace: str
+) -> Iterator[Callable[..., Any]]:
+    """Build routers in the test's namespace; all are stopped afterwards."""
+    from etcdroute import Router
+
+    made: list[Router] = []
+
+    def factory(start: bool = True, **kwargs: Any) -> Router:
+        kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("service", "game")
+        router = Router(kwargs.pop("etcd", etcd_endpoints), **kwargs)
+        made.append(router)
+        return router.start() if start else router
+
+    yield factory
+    for router in made:
+        router.stop()
