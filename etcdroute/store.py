@@ -451,6 +451,14 @@ class EtcdStore:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.min_reconnect_backoff_ms", 200),
+            # Notice a member that stopped answering (SIGSTOP, lost
+            # network) and move on. etcd answers pings more often than
+            # its --grpc-keepalive-min-time (5 s) with GOAWAY, and pings
+            # without a call in flight too, hence 6 s and calls only.
+            ("grpc.keepalive_time_ms", 6000),
+            ("grpc.keepalive_timeout_ms", 3000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         creds = self._credentials
         if not creds.tls:
