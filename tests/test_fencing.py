@@ -236,8 +236,9 @@ def test_fr12_stalled_pod_loses_uid_and_its_guarded_ops_fail(
     old_lease = one.lease_id
     one._state_job.resume()
     assert poll(
-        lambda: one.state is SessionState.REGISTERED
-        and one.lease_id != old_lease,
+        lambda: (
+            one.state is SessionState.REGISTERED and one.lease_id != old_lease
+        ),
         10,
     )
     with pytest.raises(NotOwnerError):
@@ -267,8 +268,10 @@ def test_fr01_revoked_lease_is_lost_once_and_pod_registers_again(
     driver._state_job.resume()
 
     assert poll(
-        lambda: driver.state is SessionState.REGISTERED
-        and driver.lease_id != old_lease,
+        lambda: (
+            driver.state is SessionState.REGISTERED
+            and driver.lease_id != old_lease
+        ),
         10,
     )
     assert transitions.count(SessionState.LOST) == 1
@@ -350,4 +353,3 @@ def test_fr13_one_lease_per_pod_under_contention(
     for driver in drivers:
         driver.stop()
     assert store.lease_count() == baseline
-
