@@ -34,6 +34,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,6 +374,14 @@ def _is_token_error(exc: grpc.RpcError) -> bool:
     )
 
 
+#: etcd errors after which a write may or may not have been applied.
+_OUTCOME_UNKNOWN = (
+    "context deadline exceeded",
+    "request timed out",
+    "leader changed",
+)
+
+
 def translate(exc: grpc.RpcError, what: str) -> StoreError:
     """Map a gRPC error onto the etcdroute hierarchy."""
     code = exc.code()
@@ -382,6 +391,9 @@ def translate(exc: grpc.RpcError, what: str) -> StoreError:
         return StoreTimeoutError(
             f"{what}: deadline exceeded (outcome unknown)"
         )
+    if any(text in details for text in _OUTCOME_UNKNOWN):
+        # etcd gave up waiting for the proposal: it may still commit.
+        return StoreTimeoutError(f"{what}: {details} (outcome unknown)")
     if code == grpc.StatusCode.UNAVAILABLE:
         return StoreUnavailableError(f"{what}: etcd unavailable: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -425,13 +437,11 @@ class EtcdStore:
         self._closed = False
         self._token_lock = threading.Lock()
         self._metadata: tuple[tuple[str, str], ...] = ()
-        self._channel = self._open_channel()
-        self._kv = etcdrpc.KVStub(self._channel)
-        self._lease = etcdrpc.LeaseStub(self._channel)
-        self._watch = etcdrpc.WatchStub(self._channel)
-        self._maintenance = etcdrpc.MaintenanceStub(self._channel)
-        self._auth = etcdrpc.AuthStub(self._channel)
-        self._cluster = etcdrpc.ClusterStub(self._channel)
+        self._failover_lock = threading.Lock()
+        self._rotation = 0
+        self._timeouts = 0
+        self._rotated_at = float("-inf")
+        self._use_channel(self._open_channel())
         if self._credentials.user is not None:
             self._authenticate()
         logger.debug("store connected to %s", self.describe())
@@ -441,8 +451,57 @@ class EtcdStore:
         hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
         return f"{'https' if self._credentials.tls else 'http'}://{hosts}"
 
+    def _use_channel(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._kv = etcdrpc.KVStub(channel)
+        self._lease = etcdrpc.LeaseStub(channel)
+        self._watch = etcdrpc.WatchStub(channel)
+        self._maintenance = etcdrpc.MaintenanceStub(channel)
+        self._auth = etcdrpc.AuthStub(channel)
+        self._cluster = etcdrpc.ClusterStub(channel)
+
+    def _note_outcome(self, exc: grpc.RpcError | None) -> None:
+        """Leave a member that stopped answering (FR17, SIGSTOP).
+
+        A frozen member keeps its sockets open, so gRPC sees no error and
+        pick_first stays on it: every call just runs into its deadline.
+        After two deadlines in a row (and at most once per deadline) the
+        channel is rebuilt with the endpoint list rotated, so the next
+        member comes first. The old channel is closed one deadline later,
+        letting calls still on it end by their own deadline. Watches on
+        it end too; their owners re-create them (see WatchStream).
+        """
+        if exc is None:
+            self._timeouts = 0
+            return
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return
+        if len(self.endpoints) < 2:
+            return
+        with self._failover_lock:
+            self._timeouts += 1
+            now = time.monotonic()
+            if self._timeouts < 2 or now - self._rotated_at < self.timeout:
+                return
+            if self._closed or os.getpid() != self._pid:
+                return
+            self._timeouts = 0
+            self._rotated_at = now
+            self._rotation = (self._rotation + 1) % len(self.endpoints)
+            old = self._channel
+            self._use_channel(self._open_channel())
+        logger.warning(
+            "etcd calls keep timing out; moving to the next endpoint (%s)",
+            self.describe(),
+        )
+        closer = threading.Timer(self.timeout, old.close)
+        closer.daemon = True
+        closer.start()
+
     def _open_channel(self) -> grpc.Channel:
-        target = _channel_target(self.endpoints)
+        turn = self._rotation
+        order = self.endpoints[turn:] + self.endpoints[:turn]
+        target = _channel_target(order)
         options = [
             ("grpc.lb_policy_name", "pick_first"),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -507,8 +566,11 @@ class EtcdStore:
         for attempt in (1, 2):
             metadata = self._metadata
             try:
-                return method(request, timeout=self.timeout, metadata=metadata)
+                response = method(
+                    request, timeout=self.timeout, metadata=metadata
+                )
             except grpc.RpcError as exc:
+                self._note_outcome(exc)
                 renewable = (
                     attempt == 1
                     and self._credentials.user is not None
@@ -520,6 +582,9 @@ class EtcdStore:
                 with self._token_lock:
                     if self._metadata == metadata:
                         self._authenticate()
+            else:
+                self._note_outcome(None)
+                return response
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ reads
@@ -680,8 +745,10 @@ class EtcdStore:
                 iter([request]), timeout=self.timeout, metadata=self._metadata
             )
             for response in responses:
+                self._note_outcome(None)
                 return int(response.TTL)
         except grpc.RpcError as exc:
+            self._note_outcome(exc)
             if self._credentials.user is not None and _is_token_error(exc):
                 with self._token_lock:
                     self._authenticate()
