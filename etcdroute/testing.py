@@ -252,6 +252,7 @@ def etcdctl(
         f"--endpoints={','.join(endpoints or etcd.endpoints)}",
         "--command-timeout=10s",
         *([f"--user={user}"] if user else []),
+        *_tls_flags(etcd),
         *args,
     ]
     done = subprocess.run(
@@ -266,6 +267,16 @@ def etcdctl(
             f"etcdctl {args[0] if args else ''} failed: {done.stderr.strip()}"
         )
     return done.stdout
+
+
+def _tls_flags(etcd: EmbeddedEtcd) -> list[str]:
+    creds = etcd.credentials
+    if creds is None or not creds.tls:
+        return []
+    flags = [f"--cacert={creds.ca_cert}"]
+    if creds.cert_cert and creds.cert_key:
+        flags += [f"--cert={creds.cert_cert}", f"--key={creds.cert_key}"]
+    return flags
 
 
 def revoke_lease(
