@@ -20,7 +20,13 @@ needs:
   refusal, compaction and stream loss explicitly (FR07 to FR09);
 * its failover marks a member dead for five minutes; here several
   endpoints form one gRPC channel with the ``pick_first`` policy, so gRPC
-  moves to the next member by itself (FR17).
+  moves to the next member by itself when one dies (FR17). A *frozen*
+  member (SIGSTOP, hung host) keeps its sockets open and gRPC stays on
+  it; the store then rebuilds the channel with the next endpoint first
+  after two deadlines in a row (see ``_note_outcome``). gRPC keepalive
+  pings were tried for this and did not fire within 25 s here; etcd
+  would also answer pings closer than its --grpc-keepalive-min-time (5 s)
+  with GOAWAY.
 
 Known limits: host names in a multi-endpoint list are resolved once, when
 the store connects; a store must not be used across ``fork()`` (the child
@@ -510,14 +516,6 @@ class EtcdStore:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.min_reconnect_backoff_ms", 200),
-            # Notice a member that stopped answering (SIGSTOP, lost
-            # network) and move on. etcd answers pings more often than
-            # its --grpc-keepalive-min-time (5 s) with GOAWAY, and pings
-            # without a call in flight too, hence 6 s and calls only.
-            ("grpc.keepalive_time_ms", 6000),
-            ("grpc.keepalive_timeout_ms", 3000),
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.http2.max_pings_without_data", 0),
         ]
         creds = self._credentials
         if not creds.tls:
@@ -835,13 +833,39 @@ class EtcdStore:
         on_error: Callable[[StoreError], None],
         progress_notify: bool = True,
     ) -> WatchStream:
-        """Start a watch on ``prefix``; see :class:`WatchStream`."""
+        """Start a watch on ``prefix``; see :class:`WatchStream`.
+
+        etcd refuses a watch made with an expired auth token as
+        "permission denied", not as a token error (FR16), so with a user
+        a refused watch is tried once more after authenticating again.
+        """
         self._check_usable()
-        stream = WatchStream(
-            self, prefix, start_revision, on_batch, on_error, progress_notify
-        )
-        stream.start()
-        return stream
+        for attempt in (1, 2):
+            metadata = self._metadata
+            stream = WatchStream(
+                self,
+                prefix,
+                start_revision,
+                on_batch,
+                on_error,
+                progress_notify,
+            )
+            try:
+                stream.start()
+            except WatchRefusedError:
+                if attempt == 2 or self._credentials.user is None:
+                    raise
+                logger.info(
+                    "watch on %r refused; authenticating again in case "
+                    "the token expired",
+                    prefix,
+                )
+                with self._token_lock:
+                    if self._metadata == metadata:
+                        self._authenticate()
+                continue
+            return stream
+        raise AssertionError("unreachable")
 
     # --------------------------------------------------------- lifecycle
 
