@@ -417,22 +417,24 @@ def test_fr16_expired_token_is_renewed_once_and_caller_never_sees_it(
                 assert _wait(lambda u=uid: _saw(batches, u), 10)
         finally:
             stream.cancel()
-        # A watch started after an expiry works too (etcd refuses it as
-        # "permission denied" until the store authenticates again).
-        time.sleep(3.5)
-        late: list[WatchBatch] = []
-        _, revision = driver.store.get(keyspace.root)
-        stream = driver.store.watch_prefix(
-            keyspace.links_prefix("game"),
-            start_revision=revision + 1,
-            on_batch=late.append,
-            on_error=lambda exc: None,
-        )
-        try:
-            driver.store.put(keyspace.links_prefix("game") + "x", b"{}")
-            assert _wait(lambda: _saw(late, "x"), 10)
-        finally:
-            stream.cancel()
+        # A watch started on an idle store after its token expired works
+        # too (etcd refuses it as "permission denied" until the store
+        # authenticates again).
+        with EtcdStore(auth_etcd.endpoints, credentials=pod) as idle:
+            _, revision = idle.get(keyspace.root)
+            time.sleep(3.5)
+            late: list[WatchBatch] = []
+            stream = idle.watch_prefix(
+                keyspace.links_prefix("game"),
+                start_revision=revision + 1,
+                on_batch=late.append,
+                on_error=lambda exc: None,
+            )
+            try:
+                driver.try_set_linked_pod("late")
+                assert _wait(lambda: _saw(late, "late"), 10)
+            finally:
+                stream.cancel()
         # Lease and registration carried on through the expiries.
         assert driver.lease_id == lease
         assert driver.state is SessionState.REGISTERED
