@@ -39,7 +39,7 @@ from etcdroute import (
 )
 from etcdroute.keys import Keyspace
 from etcdroute.links import link_from_kv
-from etcdroute.testing import etcdctl, move_leader
+from etcdroute.testing import etcdctl, move_leader, revoke_lease
 
 pytestmark = pytest.mark.slow
 
@@ -245,6 +245,8 @@ def test_fr17_kill_a_member_during_contention(
     # pick_first connects every client to the first endpoint, member 0.
     leader = _leader_away_from(healthy, 0)
     index = leader if victim == "leader" else 0
+    with EtcdStore(healthy.endpoints, timeout=5) as store:
+        baseline = store.lease_count()
     drivers, keyspace = pods(CONFIG)
     leases = [d.lease_id for d in drivers]
     run = Contention(drivers, [f"u{i}" for i in range(40)]).start()
@@ -265,6 +267,8 @@ def test_fr17_kill_a_member_during_contention(
         _check_pods_kept_leases(drivers, leases, store)
         count, _ = store.count_prefix(keyspace.pods_prefix("game"))
         assert count == 3
+        # One lease per pod, even through the fault (FR13).
+        assert store.lease_count() == baseline + 3
     # Link calls resumed within twice the per-call deadline.
     assert run.first_success_after(killed_at) < 2 * CALL_TIMEOUT + 1
 
@@ -424,3 +428,10 @@ def test_fr06_leader_moves_never_stretch_the_local_deadline(
     with EtcdStore(healthy.endpoints, timeout=5) as store:
         run.check(store, keyspace)
     assert run.lost == []
+
+
+def test_revoke_lease_with_etcdctl(healthy: EmbeddedEtcd) -> None:
+    with EtcdStore(healthy.endpoints, timeout=5) as store:
+        lease, _ = store.grant_lease(30)
+        revoke_lease(lease, etcd=healthy)
+        assert store.lease_keys(lease) is None
