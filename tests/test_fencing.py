@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from etcdroute import (
+    DriverConfig,
     InvalidArgumentError,
     NotOwnerError,
     ServerDriver,
@@ -353,3 +354,42 @@ def test_fr13_one_lease_per_pod_under_contention(
     for driver in drivers:
         driver.stop()
     assert store.lease_count() == baseline
+
+
+def test_persistent_links_are_adopted_by_the_next_life(
+    make_driver: MakeDriver, store: EtcdStore
+) -> None:
+    persistent = DriverConfig(
+        lease_ttl=2,
+        state_interval=0.5,
+        workload_interval=0.5,
+        fencing_margin=0.3,
+        max_backoff=0.5,
+        persistent_links=True,
+    )
+    driver = make_driver(1, config=persistent)
+    first = driver.try_set_linked_pod("u1")
+    old_lease, old_epoch = driver.lease_id, driver.epoch
+
+    assert store.revoke_lease(old_lease)
+    assert poll(lambda: driver.lease_id != old_lease, 10)
+    assert poll(lambda: driver.state is SessionState.REGISTERED, 10)
+
+    # The link survived the lease but belongs to the earlier life.
+    kv, _ = store.get(link_key(driver, "u1"))
+    assert kv is not None and kv.mod_revision == first.revision
+    assert kv.value == encode_link(1, old_epoch)
+    assert not driver.ownership.owns("u1")
+
+    token = driver.ownership.adopt("u1")
+
+    kv, _ = store.get(link_key(driver, "u1"))
+    assert kv is not None and kv.value == encode_link(1, driver.epoch)
+    assert kv.lease == 0 and kv.mod_revision == token > first.revision
+    assert driver.ownership.token("u1") == token
+    driver.ownership.fenced_write("u1", data_key(driver, "u1"), b"ok")
+    # Adopting again is idempotent: same link, same token.
+    assert driver.ownership.adopt("u1") == token
+    with pytest.raises(NotOwnerError) as caught:
+        driver.ownership.adopt("never-linked")
+    assert caught.value.owner is None
