@@ -388,8 +388,16 @@ _OUTCOME_UNKNOWN = (
 )
 
 
-def translate(exc: grpc.RpcError, what: str) -> StoreError:
-    """Map a gRPC error onto the etcdroute hierarchy."""
+def translate(
+    exc: grpc.RpcError, what: str, *, write: bool = False
+) -> StoreError:
+    """Map a gRPC error onto the etcdroute hierarchy.
+
+    For a ``write``, etcd's "request timed out", "leader changed" and
+    "context deadline exceeded" mean the proposal may still commit, so
+    they become :class:`StoreTimeoutError` (outcome unknown); for a read
+    they stay retryable.
+    """
     code = exc.code()
     details = exc.details() or ""
     message = f"{what}: {details or code.name}"
@@ -397,7 +405,7 @@ def translate(exc: grpc.RpcError, what: str) -> StoreError:
         return StoreTimeoutError(
             f"{what}: deadline exceeded (outcome unknown)"
         )
-    if any(text in details for text in _OUTCOME_UNKNOWN):
+    if write and any(text in details for text in _OUTCOME_UNKNOWN):
         # etcd gave up waiting for the proposal: it may still commit.
         return StoreTimeoutError(f"{what}: {details} (outcome unknown)")
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -553,7 +561,12 @@ class EtcdStore:
             )
 
     def _call(
-        self, what: str, method: Callable[..., Any], request: Any
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        write: bool = False,
     ) -> Any:
         """Run one unary call with the deadline, translating errors.
 
@@ -575,7 +588,7 @@ class EtcdStore:
                     and _is_token_error(exc)
                 )
                 if not renewable:
-                    raise translate(exc, what) from exc
+                    raise translate(exc, what, write=write) from exc
                 logger.info("etcd auth token rejected; authenticating again")
                 with self._token_lock:
                     if self._metadata == metadata:
@@ -646,13 +659,17 @@ class EtcdStore:
         request = etcdrpc.PutRequest(
             key=key.encode(), value=value, lease=lease
         )
-        response = self._call(f"put {key!r}", self._kv.Put, request)
+        response = self._call(
+            f"put {key!r}", self._kv.Put, request, write=True
+        )
         return int(response.header.revision)
 
     def delete(self, key: str) -> tuple[int, int]:
         """Delete one key: ``(number deleted, revision)``."""
         request = etcdrpc.DeleteRangeRequest(key=key.encode())
-        response = self._call(f"delete {key!r}", self._kv.DeleteRange, request)
+        response = self._call(
+            f"delete {key!r}", self._kv.DeleteRange, request, write=True
+        )
         return response.deleted, response.header.revision
 
     def delete_prefix(self, prefix: str) -> int:
@@ -660,7 +677,10 @@ class EtcdStore:
         start, end = _prefix_range(prefix)
         request = etcdrpc.DeleteRangeRequest(key=start, range_end=end)
         response = self._call(
-            f"delete prefix {prefix!r}", self._kv.DeleteRange, request
+            f"delete prefix {prefix!r}",
+            self._kv.DeleteRange,
+            request,
+            write=True,
         )
         return int(response.deleted)
 
@@ -677,7 +697,7 @@ class EtcdStore:
             failure=[self._op_message(op) for op in failure],
         )
         what = f"transaction on {compares[0].key!r}" if compares else "txn"
-        response = self._call(what, self._kv.Txn, request)
+        response = self._call(what, self._kv.Txn, request, write=True)
         results: list[list[KeyValue] | int] = []
         for item in response.responses:
             kind = item.WhichOneof("response")
