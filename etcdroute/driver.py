@@ -38,6 +38,7 @@ from etcdroute.errors import (
     PodIdConflictError,
     StoreError,
 )
+from etcdroute.fencing import Ownership
 from etcdroute.jobs import Backoff, PeriodicJob
 from etcdroute.keys import Keyspace, check_name, check_pod_id, check_uid
 from etcdroute.links import LinkTable
@@ -121,6 +122,14 @@ class ServerDriver:
             address,
             lease_ttl=self.config.lease_ttl,
             fencing_margin=self.config.fencing_margin,
+            clock=clock,
+        )
+        #: Links this pod owns, fencing and the ownership-lost signal.
+        self.ownership = Ownership(
+            self._store,
+            self.keyspace,
+            self._session,
+            persistent=self.config.persistent_links,
             clock=clock,
         )
         self._workload_fn = workload
@@ -296,14 +305,19 @@ class ServerDriver:
         service, uid, target = self._link_args(uid, pod_id, service, namespace)
         if self._is_own(service, target):
             self._session.require_owner()
-            return self._links.try_set(
+            epoch = self._session.epoch
+            result = self._links.try_set(
                 service,
                 uid,
                 target,
                 target=self._session.registration,
-                epoch=self._session.epoch,
+                epoch=epoch,
             )
-        return self._links.try_set(service, uid, target)
+        else:
+            epoch = None
+            result = self._links.try_set(service, uid, target)
+        self._remember(service, result, epoch)
+        return result
 
     def set_linked_pod(
         self,
@@ -321,6 +335,7 @@ class ServerDriver:
             epoch = self._session.epoch
         result = self._links.set(service, uid, target, epoch=epoch)
         logger.debug("uid %r forced to pod %d", uid, target)
+        self._remember(service, result, epoch)
         return result
 
     def remove_linked_pod(
@@ -332,6 +347,7 @@ class ServerDriver:
     ) -> bool:
         """Remove the link of ``uid``; True if one existed."""
         service, uid, _ = self._link_args(uid, self.pod_id, service, namespace)
+        self.ownership.forget(service, uid)
         return self._links.remove(service, uid)
 
     def remove_linked_pod_with_id(
@@ -351,7 +367,10 @@ class ServerDriver:
         service, uid, target = self._link_args(uid, pod_id, service, namespace)
         own = self._is_own(service, target)
         epoch = self._session.epoch if own else None
-        return self._links.remove_with_id(service, uid, target, epoch=epoch)
+        removed = self._links.remove_with_id(service, uid, target, epoch=epoch)
+        if own:
+            self.ownership.forget(service, uid)
+        return removed
 
     def get_linked_pod(
         self,
@@ -407,6 +426,25 @@ class ServerDriver:
     def _is_own(self, service: str, pod_id: int) -> bool:
         return service == self.service and pod_id == self.pod_id
 
+    def _remember(
+        self, service: str, result: LinkResult, epoch: int | None
+    ) -> None:
+        """Record a link to this pod for fencing, or forget a moved one.
+
+        ``epoch`` is the incarnation the call pinned (None if it linked
+        another pod, and the answer named this one anyway). Recorded only
+        for this pod's current epoch: a link of another life is not this
+        life's to claim.
+        """
+        if not self._is_own(service, result.pod_id):
+            self.ownership.forget(service, result.uid)
+            return
+        current = self._session.epoch
+        if epoch is None or epoch == current:
+            self.ownership.record(
+                service, result.uid, self.pod_id, current, result.revision
+            )
+
     def _require_running(self) -> None:
         if self._lifecycle != _RUNNING:
             raise LifecycleError(
@@ -434,6 +472,7 @@ class ServerDriver:
     def _state_tick(self) -> float:
         """Renew the lease; re-register if lost; publish load changes."""
         interval = self.config.state_interval
+        self.ownership.check_deadline()
         if self._session.state is SessionState.LOST:
             return self._reregister()
 

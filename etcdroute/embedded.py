@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etcdroute.errors import EtcdRouteError, StoreError
+from etcdroute.store import Credentials
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class EmbeddedEtcd:
         client_scheme: str = "http",
         unsafe_no_fsync: bool = False,
         start_timeout: float = 30.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if not isinstance(members, int) or not 1 <= members <= 7:
             raise ValueError(f"members: {members!r} must be an int in 1..7")
@@ -159,6 +161,8 @@ class EmbeddedEtcd:
         self.client_scheme = client_scheme
         self.unsafe_no_fsync = unsafe_no_fsync
         self.start_timeout = start_timeout
+        # What the health checks connect with (TLS / client certificates).
+        self.credentials = credentials
         self.token = f"etcdroute-{os.getpid()}-{id(self):x}"
         ports = _free_ports(2 * members)
         self.members = [
@@ -244,7 +248,11 @@ class EmbeddedEtcd:
                         + self.log_tail(index)
                     )
                 try:
-                    with EtcdStore(member.endpoint, timeout=1.0) as store:
+                    with EtcdStore(
+                        member.endpoint,
+                        timeout=1.0,
+                        credentials=self._health_credentials(),
+                    ) as store:
                         if store.status().leader:
                             break
                 except StoreError:
@@ -293,7 +301,11 @@ class EmbeddedEtcd:
             if not member.running:
                 continue
             try:
-                with EtcdStore(member.endpoint, timeout=1.0) as store:
+                with EtcdStore(
+                    member.endpoint,
+                    timeout=1.0,
+                    credentials=self._health_credentials(),
+                ) as store:
                     status = store.status()
             except StoreError:
                 continue
@@ -305,11 +317,30 @@ class EmbeddedEtcd:
                     return index
         return None
 
+    def _health_credentials(self) -> Credentials | None:
+        """TLS settings of :attr:`credentials`, without the user.
+
+        Health checks need no user (status is not access-controlled), and
+        authenticating each time would fail before auth is set up.
+        """
+        creds = self.credentials
+        if creds is None:
+            return None
+        return Credentials(
+            ca_cert=creds.ca_cert,
+            cert_cert=creds.cert_cert,
+            cert_key=creds.cert_key,
+        )
+
     def _member_id(self, member: Member) -> int | None:
         from etcdroute.store import EtcdStore
 
         try:
-            with EtcdStore(member.endpoint, timeout=1.0) as store:
+            with EtcdStore(
+                member.endpoint,
+                timeout=1.0,
+                credentials=self._health_credentials(),
+            ) as store:
                 return store.status().member_id
         except StoreError:
             return None

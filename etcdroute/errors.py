@@ -178,16 +178,17 @@ class NotOwnerError(EtcdRouteError):
         pod_id: int,
         owner: int | None,
         revision: int,
+        *,
+        reason: str | None = None,
     ) -> None:
         self.uid = uid
         self.pod_id = pod_id
         self.owner = owner
         self.revision = revision
+        self.reason = reason
         holder = "nobody" if owner is None else f"pod {owner}"
-        super().__init__(
-            f"pod {pod_id} does not own uid {uid!r}: "
-            f"held by {holder} at revision {revision}"
-        )
+        detail = reason or f"held by {holder} at revision {revision}"
+        super().__init__(f"pod {pod_id} does not own uid {uid!r}: {detail}")
 
 
 class CorruptValueError(EtcdRouteError):

@@ -24,6 +24,7 @@ holds no state of its own beyond its configuration and is thread-safe.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 from etcdroute.errors import (
@@ -71,6 +72,9 @@ class LinkTable:
         self.store = store
         self.keyspace = keyspace
         self.persistent = persistent
+        #: Values under our keys that did not decode and were skipped.
+        self.corrupt_skipped = 0
+        self._skipped_lock = threading.Lock()
 
     # ------------------------------------------------------------ pods
 
@@ -99,13 +103,13 @@ class LinkTable:
                     kv.key, kv.value
                 )
             except (CorruptValueError, ValueError) as exc:
-                logger.warning("skipping load report: %s", exc)
+                self._skip("load report", exc)
         found = []
         for kv in kvs:
             try:
                 info = pod_from_kv(service, kv)
             except CorruptValueError as exc:
-                logger.warning("skipping registration: %s", exc)
+                self._skip("registration", exc)
                 continue
             load, workload = load_by_pod.get(info.pod_id, (0, 0))
             found.append(replace(info, load=load, workload=workload))
@@ -143,7 +147,7 @@ class LinkTable:
                 uid = self.keyspace.uid_from_link_key(service, kv.key)
                 found.append(link_from_kv(uid, kv))
             except CorruptValueError as exc:
-                logger.warning("skipping link: %s", exc)
+                self._skip("link", exc)
         return found, revision
 
     # ---------------------------------------------------------- writes
@@ -308,6 +312,12 @@ class LinkTable:
         raise StoreError(f"remove of uid {uid!r}: link kept changing")
 
     # -------------------------------------------------------- helpers
+
+    def _skip(self, what: str, exc: Exception) -> None:
+        """Log and count a value that does not decode (never fatal)."""
+        with self._skipped_lock:
+            self.corrupt_skipped += 1
+        logger.warning("skipping corrupt %s: %s", what, exc)
 
     def _lease(self, pod: PodInfo) -> int:
         return 0 if self.persistent else pod.lease

@@ -20,7 +20,13 @@ needs:
   refusal, compaction and stream loss explicitly (FR07 to FR09);
 * its failover marks a member dead for five minutes; here several
   endpoints form one gRPC channel with the ``pick_first`` policy, so gRPC
-  moves to the next member by itself (FR17).
+  moves to the next member by itself when one dies (FR17). A *frozen*
+  member (SIGSTOP, hung host) keeps its sockets open and gRPC stays on
+  it; the store then rebuilds the channel with the next endpoint first
+  after two deadlines in a row (see ``_note_outcome``). gRPC keepalive
+  pings were tried for this and did not fire within 25 s here; etcd
+  would also answer pings closer than its --grpc-keepalive-min-time (5 s)
+  with GOAWAY.
 
 Known limits: host names in a multi-endpoint list are resolved once, when
 the store connects; a store must not be used across ``fork()`` (the child
@@ -34,6 +40,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,8 +380,24 @@ def _is_token_error(exc: grpc.RpcError) -> bool:
     )
 
 
-def translate(exc: grpc.RpcError, what: str) -> StoreError:
-    """Map a gRPC error onto the etcdroute hierarchy."""
+#: etcd errors after which a write may or may not have been applied.
+_OUTCOME_UNKNOWN = (
+    "context deadline exceeded",
+    "request timed out",
+    "leader changed",
+)
+
+
+def translate(
+    exc: grpc.RpcError, what: str, *, write: bool = False
+) -> StoreError:
+    """Map a gRPC error onto the etcdroute hierarchy.
+
+    For a ``write``, etcd's "request timed out", "leader changed" and
+    "context deadline exceeded" mean the proposal may still commit, so
+    they become :class:`StoreTimeoutError` (outcome unknown); for a read
+    they stay retryable.
+    """
     code = exc.code()
     details = exc.details() or ""
     message = f"{what}: {details or code.name}"
@@ -382,6 +405,9 @@ def translate(exc: grpc.RpcError, what: str) -> StoreError:
         return StoreTimeoutError(
             f"{what}: deadline exceeded (outcome unknown)"
         )
+    if write and any(text in details for text in _OUTCOME_UNKNOWN):
+        # etcd gave up waiting for the proposal: it may still commit.
+        return StoreTimeoutError(f"{what}: {details} (outcome unknown)")
     if code == grpc.StatusCode.UNAVAILABLE:
         return StoreUnavailableError(f"{what}: etcd unavailable: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -425,13 +451,11 @@ class EtcdStore:
         self._closed = False
         self._token_lock = threading.Lock()
         self._metadata: tuple[tuple[str, str], ...] = ()
-        self._channel = self._open_channel()
-        self._kv = etcdrpc.KVStub(self._channel)
-        self._lease = etcdrpc.LeaseStub(self._channel)
-        self._watch = etcdrpc.WatchStub(self._channel)
-        self._maintenance = etcdrpc.MaintenanceStub(self._channel)
-        self._auth = etcdrpc.AuthStub(self._channel)
-        self._cluster = etcdrpc.ClusterStub(self._channel)
+        self._failover_lock = threading.Lock()
+        self._rotation = 0
+        self._timeouts = 0
+        self._rotated_at = float("-inf")
+        self._use_channel(self._open_channel())
         if self._credentials.user is not None:
             self._authenticate()
         logger.debug("store connected to %s", self.describe())
@@ -441,8 +465,57 @@ class EtcdStore:
         hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
         return f"{'https' if self._credentials.tls else 'http'}://{hosts}"
 
+    def _use_channel(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._kv = etcdrpc.KVStub(channel)
+        self._lease = etcdrpc.LeaseStub(channel)
+        self._watch = etcdrpc.WatchStub(channel)
+        self._maintenance = etcdrpc.MaintenanceStub(channel)
+        self._auth = etcdrpc.AuthStub(channel)
+        self._cluster = etcdrpc.ClusterStub(channel)
+
+    def _note_outcome(self, exc: grpc.RpcError | None) -> None:
+        """Leave a member that stopped answering (FR17, SIGSTOP).
+
+        A frozen member keeps its sockets open, so gRPC sees no error and
+        pick_first stays on it: every call just runs into its deadline.
+        After two deadlines in a row (and at most once per deadline) the
+        channel is rebuilt with the endpoint list rotated, so the next
+        member comes first. The old channel is closed one deadline later,
+        letting calls still on it end by their own deadline. Watches on
+        it end too; their owners re-create them (see WatchStream).
+        """
+        if exc is None:
+            self._timeouts = 0
+            return
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return
+        if len(self.endpoints) < 2:
+            return
+        with self._failover_lock:
+            self._timeouts += 1
+            now = time.monotonic()
+            if self._timeouts < 2 or now - self._rotated_at < self.timeout:
+                return
+            if self._closed or os.getpid() != self._pid:
+                return
+            self._timeouts = 0
+            self._rotated_at = now
+            self._rotation = (self._rotation + 1) % len(self.endpoints)
+            old = self._channel
+            self._use_channel(self._open_channel())
+        logger.warning(
+            "etcd calls keep timing out; moving to the next endpoint (%s)",
+            self.describe(),
+        )
+        closer = threading.Timer(self.timeout, old.close)
+        closer.daemon = True
+        closer.start()
+
     def _open_channel(self) -> grpc.Channel:
-        target = _channel_target(self.endpoints)
+        turn = self._rotation
+        order = self.endpoints[turn:] + self.endpoints[:turn]
+        target = _channel_target(order)
         options = [
             ("grpc.lb_policy_name", "pick_first"),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -488,7 +561,12 @@ class EtcdStore:
             )
 
     def _call(
-        self, what: str, method: Callable[..., Any], request: Any
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        write: bool = False,
     ) -> Any:
         """Run one unary call with the deadline, translating errors.
 
@@ -499,19 +577,25 @@ class EtcdStore:
         for attempt in (1, 2):
             metadata = self._metadata
             try:
-                return method(request, timeout=self.timeout, metadata=metadata)
+                response = method(
+                    request, timeout=self.timeout, metadata=metadata
+                )
             except grpc.RpcError as exc:
+                self._note_outcome(exc)
                 renewable = (
                     attempt == 1
                     and self._credentials.user is not None
                     and _is_token_error(exc)
                 )
                 if not renewable:
-                    raise translate(exc, what) from exc
+                    raise translate(exc, what, write=write) from exc
                 logger.info("etcd auth token rejected; authenticating again")
                 with self._token_lock:
                     if self._metadata == metadata:
                         self._authenticate()
+            else:
+                self._note_outcome(None)
+                return response
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ reads
@@ -575,13 +659,17 @@ class EtcdStore:
         request = etcdrpc.PutRequest(
             key=key.encode(), value=value, lease=lease
         )
-        response = self._call(f"put {key!r}", self._kv.Put, request)
+        response = self._call(
+            f"put {key!r}", self._kv.Put, request, write=True
+        )
         return int(response.header.revision)
 
     def delete(self, key: str) -> tuple[int, int]:
         """Delete one key: ``(number deleted, revision)``."""
         request = etcdrpc.DeleteRangeRequest(key=key.encode())
-        response = self._call(f"delete {key!r}", self._kv.DeleteRange, request)
+        response = self._call(
+            f"delete {key!r}", self._kv.DeleteRange, request, write=True
+        )
         return response.deleted, response.header.revision
 
     def delete_prefix(self, prefix: str) -> int:
@@ -589,7 +677,10 @@ class EtcdStore:
         start, end = _prefix_range(prefix)
         request = etcdrpc.DeleteRangeRequest(key=start, range_end=end)
         response = self._call(
-            f"delete prefix {prefix!r}", self._kv.DeleteRange, request
+            f"delete prefix {prefix!r}",
+            self._kv.DeleteRange,
+            request,
+            write=True,
         )
         return int(response.deleted)
 
@@ -606,7 +697,7 @@ class EtcdStore:
             failure=[self._op_message(op) for op in failure],
         )
         what = f"transaction on {compares[0].key!r}" if compares else "txn"
-        response = self._call(what, self._kv.Txn, request)
+        response = self._call(what, self._kv.Txn, request, write=True)
         results: list[list[KeyValue] | int] = []
         for item in response.responses:
             kind = item.WhichOneof("response")
@@ -672,8 +763,10 @@ class EtcdStore:
                 iter([request]), timeout=self.timeout, metadata=self._metadata
             )
             for response in responses:
+                self._note_outcome(None)
                 return int(response.TTL)
         except grpc.RpcError as exc:
+            self._note_outcome(exc)
             if self._credentials.user is not None and _is_token_error(exc):
                 with self._token_lock:
                     self._authenticate()
@@ -760,13 +853,39 @@ class EtcdStore:
         on_error: Callable[[StoreError], None],
         progress_notify: bool = True,
     ) -> WatchStream:
-        """Start a watch on ``prefix``; see :class:`WatchStream`."""
+        """Start a watch on ``prefix``; see :class:`WatchStream`.
+
+        etcd refuses a watch made with an expired auth token as
+        "permission denied", not as a token error (FR16), so with a user
+        a refused watch is tried once more after authenticating again.
+        """
         self._check_usable()
-        stream = WatchStream(
-            self, prefix, start_revision, on_batch, on_error, progress_notify
-        )
-        stream.start()
-        return stream
+        for attempt in (1, 2):
+            metadata = self._metadata
+            stream = WatchStream(
+                self,
+                prefix,
+                start_revision,
+                on_batch,
+                on_error,
+                progress_notify,
+            )
+            try:
+                stream.start()
+            except WatchRefusedError:
+                if attempt == 2 or self._credentials.user is None:
+                    raise
+                logger.info(
+                    "watch on %r refused; authenticating again in case "
+                    "the token expired",
+                    prefix,
+                )
+                with self._token_lock:
+                    if self._metadata == metadata:
+                        self._authenticate()
+                continue
+            return stream
+        raise AssertionError("unreachable")
 
     # --------------------------------------------------------- lifecycle
 
