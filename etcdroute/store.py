@@ -912,8 +912,11 @@ class WatchStream:
     """One etcd watch on a key prefix, fed by its own thread.
 
     :meth:`start` returns once etcd confirmed the watch, and raises
-    :class:`CompactedError` if ``start_revision`` is compacted or
-    :class:`WatchRefusedError` if etcd refused it (FR09). Afterwards every
+    :class:`WatchRefusedError` if etcd refused it (FR09). A compacted
+    ``start_revision`` raises :class:`CompactedError` from :meth:`start`
+    only if etcd says so before confirming; etcd 3.5 confirms first and
+    cancels right after, so owners must also expect ``CompactedError``
+    through ``on_error`` (the router handles both). Afterwards every
     response goes to ``on_batch`` (events, or an empty batch for a
     progress notification), and the end of the stream goes to
     ``on_error`` exactly once, unless :meth:`cancel` ended it. The stream
