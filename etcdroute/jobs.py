@@ -44,7 +44,9 @@ class PeriodicJob:
         self._stopping = threading.Event()
         self._running = threading.Event()
         self._running.set()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=name, daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -54,7 +56,10 @@ class PeriodicJob:
         self._stopping.set()
         self._running.set()
         self._wake.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if (
+            self._thread.is_alive()
+            and threading.current_thread() is not self._thread
+        ):
             self._thread.join(timeout)
 
     def trigger(self) -> None:

@@ -20,10 +20,11 @@ naming the argument.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from etcdroute.errors import InvalidArgumentError
+from etcdroute.errors import CorruptValueError, InvalidArgumentError
 
 #: Longest uid accepted, in UTF-8 bytes (etcd keys stay far below the
 #: 1.5 MiB request limit and index memory stays predictable).
@@ -32,8 +33,7 @@ MAX_UID_BYTES = 1024
 #: Largest pod id (fits the 10-digit key segment).
 MAX_POD_ID = 9_999_999_999
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _POD_DIGITS = 10
 
 
@@ -41,7 +41,7 @@ def check_name(argument: str, value: object) -> str:
     """Validate a namespace or service name and return it."""
     if not isinstance(value, str):
         raise InvalidArgumentError(argument, "must be a str")
-    if not _NAME_RE.match(value) or ".." in value:
+    if not _NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidArgumentError(
             argument,
             f"{value!r} must be 1-63 characters of letters, digits, "
@@ -51,29 +51,35 @@ def check_name(argument: str, value: object) -> str:
 
 
 def check_prefix(value: object) -> str:
-    """Validate the root prefix (for example ``"etcdroute"``)."""
-    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+    """Validate the root prefix (for example ``"etcdroute"``).
+
+    One segment only, with the same alphabet as names: with several
+    segments, ``prefix="a/b"`` with namespace ``n`` would live inside
+    namespace ``b`` of prefix ``a``, and keyspaces must never overlap.
+    """
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise InvalidArgumentError(
             "prefix",
-            f"{value!r} must be 1-4 '/'-separated segments of letters, "
-            "digits, '_', '-', '.'",
+            f"{value!r} must be one segment of 1-63 letters, digits, "
+            "'_', '-', '.', starting with a letter or digit",
         )
-    if any(part in (".", "..") for part in value.split("/")):
-        raise InvalidArgumentError("prefix", "segments '.' and '..' are refused")
+    if ".." in value:
+        raise InvalidArgumentError("prefix", "'..' is refused")
     return value
 
 
 def check_uid(value: object) -> str:
     """Validate a uid and return it.
 
-    Refused: non-text, empty text, NUL or other control characters, lone
-    surrogates (not encodable as UTF-8), more than ``MAX_UID_BYTES``.
+    Refused: non-text, empty text, NUL or any other control character
+    (Unicode category Cc: C0, DEL and C1), lone surrogates (not encodable
+    as UTF-8), more than ``MAX_UID_BYTES``.
     """
     if not isinstance(value, str):
         raise InvalidArgumentError("uid", "must be a str")
     if not value:
         raise InvalidArgumentError("uid", "must not be empty")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise InvalidArgumentError(
             "uid", "must not contain NUL or other control characters"
         )
@@ -108,8 +114,18 @@ def encode_uid(uid: str) -> str:
 
 
 def decode_uid(segment: str) -> str:
-    """Invert :func:`encode_uid`."""
-    return unquote(segment, errors="strict")
+    """Invert :func:`encode_uid`.
+
+    Raises :class:`CorruptValueError` for a segment :func:`encode_uid`
+    cannot have produced (a key planted by someone else).
+    """
+    try:
+        uid = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise CorruptValueError(segment, "not a percent-encoded uid") from None
+    if encode_uid(uid) != segment:
+        raise CorruptValueError(segment, "not a percent-encoded uid")
+    return uid
 
 
 @dataclass(frozen=True)
@@ -145,10 +161,6 @@ class Keyspace:
 
     def link_key(self, service: str, uid: str) -> str:
         return f"{self.links_prefix(service)}{encode_uid(uid)}"
-
-    def pod_id_from_key(self, service: str, key: str) -> int:
-        """Pod id of a registration or load key of ``service``."""
-        return int(key.rsplit("/", 1)[1])
 
     def uid_from_link_key(self, service: str, key: str) -> str:
         """uid of a link key of ``service``."""

@@ -24,10 +24,12 @@ holds no state of its own beyond its configuration and is thread-safe.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 from etcdroute.errors import (
     CorruptValueError,
+    LeaseLostError,
     PodNotAcceptingError,
     PodNotRegisteredError,
     StoreError,
@@ -70,6 +72,9 @@ class LinkTable:
         self.store = store
         self.keyspace = keyspace
         self.persistent = persistent
+        #: Values under our keys that did not decode and were skipped.
+        self.corrupt_skipped = 0
+        self._skipped_lock = threading.Lock()
 
     # ------------------------------------------------------------ pods
 
@@ -85,7 +90,9 @@ class LinkTable:
         logged and skipped, never fatal.
         """
         check_name("service", service)
-        kvs, revision = self.store.get_prefix(self.keyspace.pods_prefix(service))
+        kvs, revision = self.store.get_prefix(
+            self.keyspace.pods_prefix(service)
+        )
         loads, _ = self.store.get_prefix(
             self.keyspace.load_prefix(service), revision=revision
         )
@@ -96,13 +103,13 @@ class LinkTable:
                     kv.key, kv.value
                 )
             except (CorruptValueError, ValueError) as exc:
-                logger.warning("skipping load report: %s", exc)
+                self._skip("load report", exc)
         found = []
         for kv in kvs:
             try:
                 info = pod_from_kv(service, kv)
             except CorruptValueError as exc:
-                logger.warning("skipping registration: %s", exc)
+                self._skip("registration", exc)
                 continue
             load, workload = load_by_pod.get(info.pod_id, (0, 0))
             found.append(replace(info, load=load, workload=workload))
@@ -123,18 +130,25 @@ class LinkTable:
         grows with the number of links of the service, so this is an
         admin and reconciliation call, not a hot path.
         """
+        links, _ = self.links(service)
+        return [link.uid for link in links if link.pod_id == pod_id]
+
+    def links(self, service: str) -> tuple[list[Link], int]:
+        """Every link of ``service`` in one snapshot: ``(links, revision)``.
+
+        A key or value that does not decode (planted by someone else) is
+        logged at WARNING and skipped, never fatal.
+        """
         prefix = self.keyspace.links_prefix(service)
-        kvs, _ = self.store.get_prefix(prefix)
-        uids = []
+        kvs, revision = self.store.get_prefix(prefix)
+        found = []
         for kv in kvs:
             try:
-                owner, _ = decode_link(kv.key, kv.value)
+                uid = self.keyspace.uid_from_link_key(service, kv.key)
+                found.append(link_from_kv(uid, kv))
             except CorruptValueError as exc:
-                logger.warning("skipping link: %s", exc)
-                continue
-            if owner == pod_id:
-                uids.append(self.keyspace.uid_from_link_key(service, kv.key))
-        return uids
+                self._skip("link", exc)
+        return found, revision
 
     # ---------------------------------------------------------- writes
 
@@ -145,6 +159,7 @@ class LinkTable:
         pod_id: int,
         *,
         target: PodInfo | None = None,
+        epoch: int | None = None,
     ) -> LinkResult:
         """Create ``uid -> pod_id`` unless ``uid`` is linked already.
 
@@ -152,14 +167,20 @@ class LinkTable:
         registration is unchanged; if it fails, the same transaction reads
         the current owner. ``target`` is a registration the caller already
         holds (a router's table); it saves one read and is checked anyway.
+        ``epoch`` pins the target's incarnation: a pod linking to itself
+        passes its own, so a process whose registration was replaced by a
+        later life gets :class:`LeaseLostError` instead of a link.
         """
         link_key = self.keyspace.link_key(service, uid)
         pod_key = self.keyspace.pod_key(service, pod_id)
-        pod = target if target is not None else self._registered(service, pod_id)
+        pod = (
+            target if target is not None else self._registered(service, pod_id)
+        )
 
         for _ in range(_MAX_ATTEMPTS):
             # The registration must be accepting as of the revision read;
             # the transaction below checks it is still that revision.
+            _check_epoch(pod, epoch)
             if not pod.accepting:
                 raise PodNotAcceptingError(
                     service, pod_id, pod.routing_state.value
@@ -169,7 +190,13 @@ class LinkTable:
                     Compare(link_key, "create", "==", 0),
                     Compare(pod_key, "mod", "==", pod.revision),
                 ],
-                success=[Put(link_key, encode_link(pod_id, pod.epoch), self._lease(pod))],
+                success=[
+                    Put(
+                        link_key,
+                        encode_link(pod_id, pod.epoch),
+                        self._lease(pod),
+                    )
+                ],
                 failure=[Get(link_key), Get(pod_key)],
             )
             if result.succeeded:
@@ -190,22 +217,30 @@ class LinkTable:
             f"changing; gave up after {_MAX_ATTEMPTS} attempts"
         )
 
-    def set(self, service: str, uid: str, pod_id: int) -> LinkResult:
+    def set(
+        self, service: str, uid: str, pod_id: int, *, epoch: int | None = None
+    ) -> LinkResult:
         """Link ``uid`` to ``pod_id`` whatever it was linked to before.
 
-        The target must be registered (draining is allowed: this is the
+        The target must be registered, in any routing state (this is the
         administrative override). ``created`` is True when no link existed.
+        ``epoch`` pins the target's incarnation as in :meth:`try_set`.
         """
         link_key = self.keyspace.link_key(service, uid)
         pod_key = self.keyspace.pod_key(service, pod_id)
         pod = self._registered(service, pod_id)
 
         for _ in range(_MAX_ATTEMPTS):
+            _check_epoch(pod, epoch)
             result = self.store.txn(
                 [Compare(pod_key, "mod", "==", pod.revision)],
                 success=[
                     Get(link_key),
-                    Put(link_key, encode_link(pod_id, pod.epoch), self._lease(pod)),
+                    Put(
+                        link_key,
+                        encode_link(pod_id, pod.epoch),
+                        self._lease(pod),
+                    ),
                 ],
                 failure=[Get(pod_key)],
             )
@@ -278,6 +313,12 @@ class LinkTable:
 
     # -------------------------------------------------------- helpers
 
+    def _skip(self, what: str, exc: Exception) -> None:
+        """Log and count a value that does not decode (never fatal)."""
+        with self._skipped_lock:
+            self.corrupt_skipped += 1
+        logger.warning("skipping corrupt %s: %s", what, exc)
+
     def _lease(self, pod: PodInfo) -> int:
         return 0 if self.persistent else pod.lease
 
@@ -292,6 +333,16 @@ class LinkTable:
         if kv is None:
             raise PodNotRegisteredError(service, pod_id)
         return pod_from_kv(service, kv)
+
+
+def _check_epoch(pod: PodInfo, epoch: int | None) -> None:
+    """Refuse to link to a later (or earlier) life of the expected pod."""
+    if epoch is not None and pod.epoch != epoch:
+        raise LeaseLostError(
+            pod.service,
+            pod.pod_id,
+            detail=f"registered by epoch {pod.epoch}, not {epoch}",
+        )
 
 
 def pod_from_kv(service: str, kv: KeyValue) -> PodInfo:

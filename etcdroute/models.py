@@ -140,9 +140,7 @@ def encode_registration(
     )
 
 
-def decode_registration(
-    key: str, raw: bytes
-) -> tuple[int, str, RoutingState]:
+def decode_registration(key: str, raw: bytes) -> tuple[int, str, RoutingState]:
     """Return ``(pod_id, address, routing_state)`` of a registration."""
     document = _load(key, raw)
     address = document.get("address")

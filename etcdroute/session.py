@@ -146,7 +146,10 @@ class PodSession:
     def lease_valid(self) -> bool:
         """True while the pod may still act as owner of its links."""
         with self._lock:
-            live = self._state in (SessionState.REGISTERED, SessionState.DEGRADED)
+            live = self._state in (
+                SessionState.REGISTERED,
+                SessionState.DEGRADED,
+            )
             return live and self._clock() < self._deadline
 
     def add_listener(self, listener: Listener) -> None:
@@ -202,7 +205,9 @@ class PodSession:
         assert kv is not None
         with self._lock:
             self._lease_id = lease_id
-            self._granted_ttl = min(granted, self._ttl) if granted > 0 else self._ttl
+            self._granted_ttl = (
+                min(granted, self._ttl) if granted > 0 else self._ttl
+            )
             self._deadline = sent + self._granted_ttl - self._margin
             self._epoch = kv.create_revision
             self._registration = pod_from_kv(self.service, kv)
@@ -227,7 +232,10 @@ class PodSession:
         sent = self._clock()
         ttl = self._store.keepalive(lease_id)
         with self._lock:
-            if lease_id != self._lease_id or self._state is SessionState.STOPPED:
+            if (
+                lease_id != self._lease_id
+                or self._state is SessionState.STOPPED
+            ):
                 return False
             if ttl <= 0:
                 self._lose(f"keepalive answered ttl {ttl}")
@@ -286,9 +294,11 @@ class PodSession:
         :class:`LeaseLostError` is raised (the state job re-registers).
         """
         with self._lock:
-            self._require_live()
+            # Record the wish first: if the pod is re-registering, it
+            # registers again with this state.
             if routing_state is not None:
                 self.routing_state = routing_state
+            self._require_live()
             pod_key = self._keyspace.pod_key(self.service, self.pod_id)
             lease_id, epoch = self._lease_id, self._epoch
             value = self._registration_value()
@@ -304,6 +314,39 @@ class PodSession:
             if kv is not None and epoch == self._epoch:
                 self._registration = pod_from_kv(self.service, kv)
         return result.revision
+
+    def verify(self) -> bool:
+        """Check that the registration is still this session's own.
+
+        A read-only transaction comparing the epoch; if someone deleted
+        or replaced the registration while the lease lives on, the session
+        moves to ``LOST`` (and the state job registers again).
+        """
+        with self._lock:
+            self._require_live()
+            epoch = self._epoch
+        pod_key = self._keyspace.pod_key(self.service, self.pod_id)
+        result = self._store.txn([Compare(pod_key, "create", "==", epoch)])
+        if not result.succeeded:
+            self.mark_registration_gone("registration replaced or deleted")
+        return result.succeeded
+
+    def require_owner(self) -> None:
+        """Raise :class:`LeaseLostError` unless this pod may act as owner.
+
+        True while registered (or degraded) and before the local lease
+        deadline: the pod stops claiming ownership before etcd can expire
+        its lease.
+        """
+        with self._lock:
+            self._require_live()
+            if self._clock() >= self._deadline:
+                raise LeaseLostError(
+                    self.service,
+                    self.pod_id,
+                    self._lease_id,
+                    "local lease deadline passed without a keepalive",
+                )
 
     def publish_load(self, load: int, workload: int) -> None:
         """Write the load report, guarded by the epoch like :meth:`publish`."""
@@ -335,7 +378,9 @@ class PodSession:
     # -------------------------------------------------------- internals
 
     def _registration_value(self) -> bytes:
-        return encode_registration(self.pod_id, self.address, self.routing_state)
+        return encode_registration(
+            self.pod_id, self.address, self.routing_state
+        )
 
     def _require_live(self) -> None:
         if self._state in (SessionState.NEW, SessionState.STOPPED):
@@ -368,7 +413,9 @@ class PodSession:
         self._state = new
         self._changed.notify_all()
         transition = Transition(old, new, self._lease_id, self._epoch, reason)
-        logger.debug("pod %d: %s -> %s (%s)", self.pod_id, old.value, new.value, reason)
+        logger.debug(
+            "pod %d: %s -> %s (%s)", self.pod_id, old.value, new.value, reason
+        )
         for listener in list(self._listeners):
             try:
                 listener(transition)

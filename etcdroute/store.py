@@ -20,7 +20,13 @@ needs:
   refusal, compaction and stream loss explicitly (FR07 to FR09);
 * its failover marks a member dead for five minutes; here several
   endpoints form one gRPC channel with the ``pick_first`` policy, so gRPC
-  moves to the next member by itself (FR17).
+  moves to the next member by itself when one dies (FR17). A *frozen*
+  member (SIGSTOP, hung host) keeps its sockets open and gRPC stays on
+  it; the store then rebuilds the channel with the next endpoint first
+  after two deadlines in a row (see ``_note_outcome``). gRPC keepalive
+  pings were tried for this and did not fire within 25 s here; etcd
+  would also answer pings closer than its --grpc-keepalive-min-time (5 s)
+  with GOAWAY.
 
 Known limits: host names in a multi-endpoint list are resolved once, when
 the store connects; a store must not be used across ``fork()`` (the child
@@ -34,6 +40,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,9 +208,18 @@ class Credentials:
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     """Parse ``"h1:2379,h2:2379"`` or a list of ``[scheme://]host:port``."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else endpoints
+    if isinstance(endpoints, str):
+        items: Sequence[object] = endpoints.split(",")
+    elif isinstance(endpoints, (list, tuple)):
+        items = endpoints
+    else:
+        raise InvalidArgumentError(
+            "endpoints", "must be 'host:port,...' text or a list of them"
+        )
     parsed: list[tuple[str, int]] = []
     for item in items:
+        if not isinstance(item, str):
+            raise InvalidArgumentError("endpoints", f"{item!r} is not text")
         text = item.strip()
         if not text:
             continue
@@ -224,26 +240,50 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     return parsed
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _channel_target(endpoints: list[tuple[str, int]]) -> str:
-    """One gRPC target for all endpoints (resolved now if several)."""
+    """One gRPC target for all endpoints (resolved now if several).
+
+    A name that does not resolve is left out with a warning, as long as
+    another endpoint does.
+    """
     if len(endpoints) == 1:
-        host, port = endpoints[0]
-        return f"{host}:{port}"
+        return _host_port(*endpoints[0])
     addresses = []
     for host, port in endpoints:
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise StoreUnavailableError(
-                f"cannot resolve etcd endpoint {host}:{port}: {exc}"
-            ) from exc
+            logger.warning("etcd endpoint %s:%s left out: %s", host, port, exc)
+            continue
         family, _, _, _, sockaddr = info[0]
         ip = sockaddr[0]
         addresses.append(
             f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
         )
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    if not addresses:
+        raise StoreUnavailableError("no etcd endpoint could be resolved")
+    if any(a.startswith("[") for a in addresses) and not all(
+        a.startswith("[") for a in addresses
+    ):
+        raise InvalidArgumentError(
+            "endpoints", "mixing IPv4 and IPv6 endpoints is not supported"
+        )
+    scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
     return f"{scheme}:{','.join(addresses)}"
+
+
+def _read_file(argument: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidArgumentError(
+            argument, f"cannot read {path!r}: {exc.strerror}"
+        ) from None
 
 
 # ---------------------------------------------------------- translation
@@ -268,6 +308,17 @@ _COMPARE_FIELDS = {
     "value": "value",
     "lease": "lease",
 }
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` covering every key that starts with ``prefix``.
+
+    The empty prefix means every key (etcd spells that ``\\0``, ``\\0``).
+    """
+    start = prefix.encode()
+    if not start:
+        return b"\0", b"\0"
+    return start, _prefix_end(start)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -329,13 +380,34 @@ def _is_token_error(exc: grpc.RpcError) -> bool:
     )
 
 
-def translate(exc: grpc.RpcError, what: str) -> StoreError:
-    """Map a gRPC error onto the etcdroute hierarchy."""
+#: etcd errors after which a write may or may not have been applied.
+_OUTCOME_UNKNOWN = (
+    "context deadline exceeded",
+    "request timed out",
+    "leader changed",
+)
+
+
+def translate(
+    exc: grpc.RpcError, what: str, *, write: bool = False
+) -> StoreError:
+    """Map a gRPC error onto the etcdroute hierarchy.
+
+    For a ``write``, etcd's "request timed out", "leader changed" and
+    "context deadline exceeded" mean the proposal may still commit, so
+    they become :class:`StoreTimeoutError` (outcome unknown); for a read
+    they stay retryable.
+    """
     code = exc.code()
     details = exc.details() or ""
     message = f"{what}: {details or code.name}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return StoreTimeoutError(f"{what}: deadline exceeded (outcome unknown)")
+        return StoreTimeoutError(
+            f"{what}: deadline exceeded (outcome unknown)"
+        )
+    if write and any(text in details for text in _OUTCOME_UNKNOWN):
+        # etcd gave up waiting for the proposal: it may still commit.
+        return StoreTimeoutError(f"{what}: {details} (outcome unknown)")
     if code == grpc.StatusCode.UNAVAILABLE:
         return StoreUnavailableError(f"{what}: etcd unavailable: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -379,13 +451,11 @@ class EtcdStore:
         self._closed = False
         self._token_lock = threading.Lock()
         self._metadata: tuple[tuple[str, str], ...] = ()
-        self._channel = self._open_channel()
-        self._kv = etcdrpc.KVStub(self._channel)
-        self._lease = etcdrpc.LeaseStub(self._channel)
-        self._watch = etcdrpc.WatchStub(self._channel)
-        self._maintenance = etcdrpc.MaintenanceStub(self._channel)
-        self._auth = etcdrpc.AuthStub(self._channel)
-        self._cluster = etcdrpc.ClusterStub(self._channel)
+        self._failover_lock = threading.Lock()
+        self._rotation = 0
+        self._timeouts = 0
+        self._rotated_at = float("-inf")
+        self._use_channel(self._open_channel())
         if self._credentials.user is not None:
             self._authenticate()
         logger.debug("store connected to %s", self.describe())
@@ -395,8 +465,57 @@ class EtcdStore:
         hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
         return f"{'https' if self._credentials.tls else 'http'}://{hosts}"
 
+    def _use_channel(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._kv = etcdrpc.KVStub(channel)
+        self._lease = etcdrpc.LeaseStub(channel)
+        self._watch = etcdrpc.WatchStub(channel)
+        self._maintenance = etcdrpc.MaintenanceStub(channel)
+        self._auth = etcdrpc.AuthStub(channel)
+        self._cluster = etcdrpc.ClusterStub(channel)
+
+    def _note_outcome(self, exc: grpc.RpcError | None) -> None:
+        """Leave a member that stopped answering (FR17, SIGSTOP).
+
+        A frozen member keeps its sockets open, so gRPC sees no error and
+        pick_first stays on it: every call just runs into its deadline.
+        After two deadlines in a row (and at most once per deadline) the
+        channel is rebuilt with the endpoint list rotated, so the next
+        member comes first. The old channel is closed one deadline later,
+        letting calls still on it end by their own deadline. Watches on
+        it end too; their owners re-create them (see WatchStream).
+        """
+        if exc is None:
+            self._timeouts = 0
+            return
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return
+        if len(self.endpoints) < 2:
+            return
+        with self._failover_lock:
+            self._timeouts += 1
+            now = time.monotonic()
+            if self._timeouts < 2 or now - self._rotated_at < self.timeout:
+                return
+            if self._closed or os.getpid() != self._pid:
+                return
+            self._timeouts = 0
+            self._rotated_at = now
+            self._rotation = (self._rotation + 1) % len(self.endpoints)
+            old = self._channel
+            self._use_channel(self._open_channel())
+        logger.warning(
+            "etcd calls keep timing out; moving to the next endpoint (%s)",
+            self.describe(),
+        )
+        closer = threading.Timer(self.timeout, old.close)
+        closer.daemon = True
+        closer.start()
+
     def _open_channel(self) -> grpc.Channel:
-        target = _channel_target(self.endpoints)
+        turn = self._rotation
+        order = self.endpoints[turn:] + self.endpoints[:turn]
+        target = _channel_target(order)
         options = [
             ("grpc.lb_policy_name", "pick_first"),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -410,14 +529,11 @@ class EtcdStore:
         if not creds.tls:
             return grpc.insecure_channel(target, options=options)
         assert creds.ca_cert is not None
-        with open(creds.ca_cert, "rb") as handle:
-            ca = handle.read()
+        ca = _read_file("ca_cert", creds.ca_cert)
         key = chain = None
         if creds.cert_key is not None and creds.cert_cert is not None:
-            with open(creds.cert_key, "rb") as handle:
-                key = handle.read()
-            with open(creds.cert_cert, "rb") as handle:
-                chain = handle.read()
+            key = _read_file("cert_key", creds.cert_key)
+            chain = _read_file("cert_cert", creds.cert_cert)
         channel_creds = grpc.ssl_channel_credentials(ca, key, chain)
         return grpc.secure_channel(target, channel_creds, options=options)
 
@@ -445,7 +561,12 @@ class EtcdStore:
             )
 
     def _call(
-        self, what: str, method: Callable[..., Any], request: Any
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        write: bool = False,
     ) -> Any:
         """Run one unary call with the deadline, translating errors.
 
@@ -456,21 +577,25 @@ class EtcdStore:
         for attempt in (1, 2):
             metadata = self._metadata
             try:
-                return method(
+                response = method(
                     request, timeout=self.timeout, metadata=metadata
                 )
             except grpc.RpcError as exc:
+                self._note_outcome(exc)
                 renewable = (
                     attempt == 1
                     and self._credentials.user is not None
                     and _is_token_error(exc)
                 )
                 if not renewable:
-                    raise translate(exc, what) from exc
+                    raise translate(exc, what, write=write) from exc
                 logger.info("etcd auth token rejected; authenticating again")
                 with self._token_lock:
                     if self._metadata == metadata:
                         self._authenticate()
+            else:
+                self._note_outcome(None)
+                return response
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ reads
@@ -500,8 +625,7 @@ class EtcdStore:
         page, so the result is one consistent snapshot. Returns
         ``(kvs sorted by key, revision)``.
         """
-        start = prefix.encode()
-        end = _prefix_end(start)
+        start, end = _prefix_range(prefix)
         found: list[KeyValue] = []
         while True:
             request = etcdrpc.RangeRequest(
@@ -511,9 +635,7 @@ class EtcdStore:
                 revision=revision,
                 keys_only=keys_only,
             )
-            response = self._call(
-                f"list {prefix!r}", self._kv.Range, request
-            )
+            response = self._call(f"list {prefix!r}", self._kv.Range, request)
             if revision == 0:
                 revision = response.header.revision
             found.extend(_key_value(kv) for kv in response.kvs)
@@ -523,9 +645,9 @@ class EtcdStore:
 
     def count_prefix(self, prefix: str) -> tuple[int, int]:
         """Count keys under ``prefix``: ``(count, revision)``."""
-        start = prefix.encode()
+        start, end = _prefix_range(prefix)
         request = etcdrpc.RangeRequest(
-            key=start, range_end=_prefix_end(start), count_only=True
+            key=start, range_end=end, count_only=True
         )
         response = self._call(f"count {prefix!r}", self._kv.Range, request)
         return response.count, response.header.revision
@@ -534,24 +656,31 @@ class EtcdStore:
 
     def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write one key unconditionally; returns the new revision."""
-        request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
-        response = self._call(f"put {key!r}", self._kv.Put, request)
+        request = etcdrpc.PutRequest(
+            key=key.encode(), value=value, lease=lease
+        )
+        response = self._call(
+            f"put {key!r}", self._kv.Put, request, write=True
+        )
         return int(response.header.revision)
 
     def delete(self, key: str) -> tuple[int, int]:
         """Delete one key: ``(number deleted, revision)``."""
         request = etcdrpc.DeleteRangeRequest(key=key.encode())
-        response = self._call(f"delete {key!r}", self._kv.DeleteRange, request)
+        response = self._call(
+            f"delete {key!r}", self._kv.DeleteRange, request, write=True
+        )
         return response.deleted, response.header.revision
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many."""
-        start = prefix.encode()
-        request = etcdrpc.DeleteRangeRequest(
-            key=start, range_end=_prefix_end(start)
-        )
+        start, end = _prefix_range(prefix)
+        request = etcdrpc.DeleteRangeRequest(key=start, range_end=end)
         response = self._call(
-            f"delete prefix {prefix!r}", self._kv.DeleteRange, request
+            f"delete prefix {prefix!r}",
+            self._kv.DeleteRange,
+            request,
+            write=True,
         )
         return int(response.deleted)
 
@@ -568,12 +697,14 @@ class EtcdStore:
             failure=[self._op_message(op) for op in failure],
         )
         what = f"transaction on {compares[0].key!r}" if compares else "txn"
-        response = self._call(what, self._kv.Txn, request)
+        response = self._call(what, self._kv.Txn, request, write=True)
         results: list[list[KeyValue] | int] = []
         for item in response.responses:
             kind = item.WhichOneof("response")
             if kind == "response_range":
-                results.append([_key_value(kv) for kv in item.response_range.kvs])
+                results.append(
+                    [_key_value(kv) for kv in item.response_range.kvs]
+                )
             elif kind == "response_delete_range":
                 results.append(item.response_delete_range.deleted)
             else:
@@ -632,8 +763,10 @@ class EtcdStore:
                 iter([request]), timeout=self.timeout, metadata=self._metadata
             )
             for response in responses:
+                self._note_outcome(None)
                 return int(response.TTL)
         except grpc.RpcError as exc:
+            self._note_outcome(exc)
             if self._credentials.user is not None and _is_token_error(exc):
                 with self._token_lock:
                     self._authenticate()
@@ -665,7 +798,10 @@ class EtcdStore:
         )
         if response.TTL == -1:
             return None
-        return [key.decode("utf-8", errors="surrogateescape") for key in response.keys]
+        return [
+            key.decode("utf-8", errors="surrogateescape")
+            for key in response.keys
+        ]
 
     def lease_count(self) -> int:
         """Number of leases currently alive in the cluster.
@@ -701,7 +837,9 @@ class EtcdStore:
 
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision``."""
-        request = etcdrpc.CompactionRequest(revision=revision, physical=physical)
+        request = etcdrpc.CompactionRequest(
+            revision=revision, physical=physical
+        )
         self._call(f"compact at {revision}", self._kv.Compact, request)
 
     def defragment(self) -> None:
@@ -727,13 +865,39 @@ class EtcdStore:
         on_error: Callable[[StoreError], None],
         progress_notify: bool = True,
     ) -> WatchStream:
-        """Start a watch on ``prefix``; see :class:`WatchStream`."""
+        """Start a watch on ``prefix``; see :class:`WatchStream`.
+
+        etcd refuses a watch made with an expired auth token as
+        "permission denied", not as a token error (FR16), so with a user
+        a refused watch is tried once more after authenticating again.
+        """
         self._check_usable()
-        stream = WatchStream(
-            self, prefix, start_revision, on_batch, on_error, progress_notify
-        )
-        stream.start()
-        return stream
+        for attempt in (1, 2):
+            metadata = self._metadata
+            stream = WatchStream(
+                self,
+                prefix,
+                start_revision,
+                on_batch,
+                on_error,
+                progress_notify,
+            )
+            try:
+                stream.start()
+            except WatchRefusedError:
+                if attempt == 2 or self._credentials.user is None:
+                    raise
+                logger.info(
+                    "watch on %r refused; authenticating again in case "
+                    "the token expired",
+                    prefix,
+                )
+                with self._token_lock:
+                    if self._metadata == metadata:
+                        self._authenticate()
+                continue
+            return stream
+        raise AssertionError("unreachable")
 
     # --------------------------------------------------------- lifecycle
 
@@ -760,8 +924,11 @@ class WatchStream:
     """One etcd watch on a key prefix, fed by its own thread.
 
     :meth:`start` returns once etcd confirmed the watch, and raises
-    :class:`CompactedError` if ``start_revision`` is compacted or
-    :class:`WatchRefusedError` if etcd refused it (FR09). Afterwards every
+    :class:`WatchRefusedError` if etcd refused it (FR09). A compacted
+    ``start_revision`` raises :class:`CompactedError` from :meth:`start`
+    only if etcd says so before confirming; etcd 3.5 confirms first and
+    cancels right after, so owners must also expect ``CompactedError``
+    through ``on_error`` (the router handles both). Afterwards every
     response goes to ``on_batch`` (events, or an empty batch for a
     progress notification), and the end of the stream goes to
     ``on_error`` exactly once, unless :meth:`cancel` ended it. The stream
@@ -794,10 +961,10 @@ class WatchStream:
         )
 
     def start(self) -> None:
-        key = self.prefix.encode()
+        key, end = _prefix_range(self.prefix)
         create = etcdrpc.WatchCreateRequest(
             key=key,
-            range_end=_prefix_end(key),
+            range_end=end,
             start_revision=self.start_revision,
             progress_notify=self._progress_notify,
         )

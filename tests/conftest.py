@@ -15,14 +15,34 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from etcdroute import DriverConfig, EmbeddedEtcd, EtcdStore, ServerDriver
 from etcdroute.keys import Keyspace
 
+# Hypothesis profiles: "quick" for the default run, "thorough" for CI
+# (make test runs the property tests again with it). Drivers are shared
+# across the examples of one test, hence the fixture health check.
+_RELAXED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "quick", max_examples=15, deadline=None, suppress_health_check=_RELAXED
+)
+settings.register_profile(
+    "thorough",
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=_RELAXED,
+)
+settings.load_profile(os.environ.get("ETCDROUTE_HYPOTHESIS_PROFILE", "quick"))
+
 #: Fast timings for tests: a crashed pod's lease runs out in 2 s.
 FAST = DriverConfig(
-    lease_ttl=2, state_interval=0.5, workload_interval=0.5,
-    fencing_margin=0.3, max_backoff=0.5,
+    lease_ttl=2,
+    state_interval=0.5,
+    workload_interval=0.5,
+    fencing_margin=0.3,
+    max_backoff=0.5,
 )
 
 
@@ -69,7 +89,9 @@ def make_driver(
     """Build drivers in the test's namespace; all are stopped afterwards."""
     made: list[ServerDriver] = []
 
-    def factory(pod_id: int, start: bool = True, **kwargs: Any) -> ServerDriver:
+    def factory(
+        pod_id: int, start: bool = True, **kwargs: Any
+    ) -> ServerDriver:
         kwargs.setdefault("namespace", namespace)
         kwargs.setdefault("service", "game")
         kwargs.setdefault("config", FAST)
@@ -80,3 +102,24 @@ def make_driver(
     yield factory
     for driver in made:
         driver.stop()
+
+
+@pytest.fixture
+def make_router(
+    etcd_endpoints: str, namespace: str
+) -> Iterator[Callable[..., Any]]:
+    """Build routers in the test's namespace; all are stopped afterwards."""
+    from etcdroute import Router
+
+    made: list[Router] = []
+
+    def factory(start: bool = True, **kwargs: Any) -> Router:
+        kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("service", "game")
+        router = Router(kwargs.pop("etcd", etcd_endpoints), **kwargs)
+        made.append(router)
+        return router.start() if start else router
+
+    yield factory
+    for router in made:
+        router.stop()
