@@ -27,12 +27,20 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
 	ETCDROUTE_HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q \
 	    tests/test_properties.py tests/test_properties_concurrent.py
+	$(BIN)/etcdroute bench --quick --output benchmarks/results/tmp/ci-quick.json
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
+
+## Contention benchmark: the recorded full run, and the quick CI set.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_contention.py --full --output benchmarks/results/full.json
+
+bench-quick: $(STAMP)
+	$(BIN)/etcdroute bench --quick --output benchmarks/results/tmp/quick.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check etcdroute tests benchmarks

@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from etcdroute.bench.cli import bench
 from etcdroute.check_command import check_command
 from etcdroute.demo import DemoOptions, run_demo
 from etcdroute.embedded import EmbeddedEtcd
@@ -278,6 +279,8 @@ def _command() -> Iterator[None]:
 
 
 main.add_command(check_command)
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

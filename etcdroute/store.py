@@ -842,6 +842,18 @@ class EtcdStore:
         )
         self._call(f"compact at {revision}", self._kv.Compact, request)
 
+    def defragment(self) -> None:
+        """Defragment the connected member, giving freed space back.
+
+        Blocks that member's reads and writes while it runs; an admin
+        and benchmark call (database size measurements), never a hot path.
+        """
+        self._call(
+            "defragment",
+            self._maintenance.Defragment,
+            etcdrpc.DefragmentRequest(),
+        )
+
     # ----------------------------------------------------------- watches
 
     def watch_prefix(
