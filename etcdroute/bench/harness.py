@@ -398,7 +398,10 @@ def aggregate(result: ScenarioResult, variant: str) -> dict[str, Any]:
         return float(statistics.median(run[name] for run in runs))
 
     violations = sum(run["violation_count"] for run in runs)
-    caught_every_round = all(run["violation_count"] > 0 for run in runs)
+    flagged = sum(run["checker"]["violations"] for run in runs)
+    caught_every_round = all(
+        run["violation_count"] > 0 or not run["checker"]["ok"] for run in runs
+    )
     return {
         "rounds": len(runs),
         "throughput": median("throughput"),
@@ -416,25 +419,34 @@ def aggregate(result: ScenarioResult, variant: str) -> dict[str, Any]:
         ),
         "lease_ok": all(run["lease_ok"] for run in runs),
         "violations": violations,
-        "verdict": verdict(variant, violations, caught_every_round, result),
+        "checker_violations": flagged,
+        "verdict": verdict(
+            variant, violations, flagged, caught_every_round, result
+        ),
     }
 
 
 def verdict(
     variant: str,
     violations: int,
+    flagged: int,
     caught_every_round: bool,
     result: ScenarioResult,
 ) -> str:
-    """Readable verdict; see :func:`failures` for what fails a run."""
+    """Readable verdict; see :func:`failures` for what fails a run.
+
+    ``violations`` counts the end-of-run invariant violations, ``flagged``
+    the history checker's; both are shown as ``invariants/checker``.
+    """
+    counts = f"{violations}/{flagged}"
     if variant == "naive":
         if caught_every_round:
-            return f"caught {violations}"
+            return f"caught {counts}"
         if result.scenario.contention:
             return "NOT CAUGHT"
-        return f"{violations} (no contention)"
-    if violations:
-        return f"VIOLATED {violations}"
+        return f"{counts} (no contention)"
+    if violations or flagged:
+        return f"VIOLATED {counts}"
     return "correct"
 
 
@@ -455,10 +467,15 @@ def failures(results: list[ScenarioResult]) -> list[str]:
                         f"{label}: lease count {run['leases']} exceeds "
                         "baseline + one per pod (FR13)"
                     )
+            if run["violation_count"] and not checker_failed:
+                # The invariants saw a broken run the checker called
+                # linearizable: the checker itself would be wrong.
+                found.append(f"{label}: checker missed {run['violations']}")
             if (
                 run["variant"] == "naive"
                 and result.scenario.contention
                 and run["violation_count"] == 0
+                and not checker_failed
             ):
                 found.append(f"{label}: naive violations not detected")
     return found
