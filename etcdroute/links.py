@@ -197,7 +197,7 @@ class LinkTable:
                         self._lease(pod),
                     )
                 ],
-                failure=[Get(link_key), Get(pod_key)],
+                failure=[Get(link_key)],
             )
             if result.succeeded:
                 return LinkResult(uid, pod_id, True, result.revision)
@@ -210,8 +210,9 @@ class LinkTable:
                 return LinkResult(uid, link.pod_id, False, link.revision)
 
             # The registration changed (state change or new life): retry
-            # against the fresh one, or fail if it is gone.
-            pod = self._registration_or_raise(service, pod_id, result.read(1))
+            # against the fresh one, or fail if it is gone. This is rare,
+            # so the common conflict above does not pay for reading it.
+            pod = self._registered(service, pod_id)
         raise StoreError(
             f"try_set of uid {uid!r}: pod {pod_id} registration kept "
             f"changing; gave up after {_MAX_ATTEMPTS} attempts"

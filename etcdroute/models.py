@@ -8,6 +8,7 @@ transactions compare link values byte for byte.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -115,8 +116,13 @@ def _int_field(key: str, document: dict[str, Any], name: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_link(pod_id: int, epoch: int) -> bytes:
-    """Value of a link key: the owner pod and its incarnation."""
+    """Value of a link key: the owner pod and its incarnation.
+
+    Cached: a service has few (pod, epoch) pairs and every link call
+    needs one.
+    """
     return _dump({"v": VALUE_FORMAT, "pod": pod_id, "epoch": epoch})
 
 
