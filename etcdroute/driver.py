@@ -50,7 +50,7 @@ from etcdroute.models import (
     encode_load,
 )
 from etcdroute.session import Listener, PodSession, SessionState
-from etcdroute.store import Credentials, EtcdStore
+from etcdroute.store import Credentials, EtcdStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,9 @@ class ServerDriver:
             raise InvalidArgumentError("config", "must be a DriverConfig")
         self.keyspace = Keyspace(self.config.prefix, self.namespace)
 
-        if isinstance(etcd, EtcdStore):
-            self._store, self._owns_store = etcd, False
-        else:
-            self._store = EtcdStore(
-                etcd, timeout=timeout, credentials=credentials
-            )
-            self._owns_store = True
+        self._store, self._owns_store = open_store(
+            etcd, timeout=timeout, credentials=credentials
+        )
 
         self._links = LinkTable(
             self._store, self.keyspace, persistent=self.config.persistent_links

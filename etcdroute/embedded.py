@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etcdroute.errors import EtcdRouteError, StoreError
-from etcdroute.store import Credentials
+from etcdroute.store import Credentials, EtcdStore, StoreStatus
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +235,6 @@ class EmbeddedEtcd:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every running member answers and sees a leader."""
-        from etcdroute.store import EtcdStore
-
         deadline = time.monotonic() + (timeout or self.start_timeout)
         for index, member in enumerate(self.members):
             if not member.running:
@@ -247,16 +245,9 @@ class EmbeddedEtcd:
                         f"etcd member {member.name} exited:\n"
                         + self.log_tail(index)
                     )
-                try:
-                    with EtcdStore(
-                        member.endpoint,
-                        timeout=1.0,
-                        credentials=self._health_credentials(),
-                    ) as store:
-                        if store.status().leader:
-                            break
-                except StoreError:
-                    pass
+                status = self._status(member)
+                if status is not None and status.leader:
+                    break
                 if time.monotonic() > deadline:
                     raise EmbeddedEtcdError(
                         f"etcd member {member.name} not ready:\n"
@@ -295,26 +286,14 @@ class EmbeddedEtcd:
 
     def leader_index(self) -> int | None:
         """Index of the member that is leader now, if any answers."""
-        from etcdroute.store import EtcdStore
-
-        for member in self.members:
-            if not member.running:
-                continue
-            try:
-                with EtcdStore(
-                    member.endpoint,
-                    timeout=1.0,
-                    credentials=self._health_credentials(),
-                ) as store:
-                    status = store.status()
-            except StoreError:
-                continue
-            for index, candidate in enumerate(self.members):
-                if (
-                    candidate.running
-                    and self._member_id(candidate) == status.leader
-                ):
-                    return index
+        statuses = [
+            self._status(member) if member.running else None
+            for member in self.members
+        ]
+        leaders = {status.leader for status in statuses if status}
+        for index, status in enumerate(statuses):
+            if status is not None and status.member_id in leaders:
+                return index
         return None
 
     def _health_credentials(self) -> Credentials | None:
@@ -332,16 +311,15 @@ class EmbeddedEtcd:
             cert_key=creds.cert_key,
         )
 
-    def _member_id(self, member: Member) -> int | None:
-        from etcdroute.store import EtcdStore
-
+    def _status(self, member: Member) -> StoreStatus | None:
+        """The member's own status, or None if it does not answer."""
         try:
             with EtcdStore(
                 member.endpoint,
                 timeout=1.0,
                 credentials=self._health_credentials(),
             ) as store:
-                return store.status().member_id
+                return store.status()
         except StoreError:
             return None
 

@@ -11,11 +11,13 @@ import enum
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from etcdroute.errors import CorruptValueError, InvalidArgumentError
 
 VALUE_FORMAT = 1
+
+_Choice = TypeVar("_Choice", bound=enum.Enum)
 
 
 class RoutingState(enum.Enum):
@@ -35,16 +37,23 @@ class RoutingState(enum.Enum):
         cls, value: RoutingState | str, argument: str = "routing_state"
     ) -> RoutingState:
         """Accept a member or its name/value; refuse anything else."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if value.lower() in (member.value, member.name.lower()):
-                    return member
-        names = ", ".join(m.value for m in cls)
-        raise InvalidArgumentError(
-            argument, f"{value!r} is not one of: {names}"
-        )
+        return parse_choice(cls, value, argument)
+
+
+def parse_choice(cls: type[_Choice], value: object, argument: str) -> _Choice:
+    """A member of the text enum ``cls`` from itself or its name/value.
+
+    Case-insensitive; anything else is an :class:`InvalidArgumentError`
+    listing the accepted values.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        for member in cls:
+            if value.lower() in (member.value, member.name.lower()):
+                return member
+    names = ", ".join(member.value for member in cls)
+    raise InvalidArgumentError(argument, f"{value!r} is not one of: {names}")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,14 @@ from etcdroute.routing import (
     Source,
     check_staleness,
 )
-from etcdroute.store import Compare, Credentials, EtcdStore, Get, Put
+from etcdroute.store import (
+    Compare,
+    Credentials,
+    EtcdStore,
+    Get,
+    Put,
+    open_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +104,9 @@ class Router:
             raise InvalidArgumentError("config", "must be a RouterConfig")
         self.keyspace = Keyspace(self.config.prefix, self.namespace)
 
-        if isinstance(etcd, EtcdStore):
-            self._store, self._owns_store = etcd, False
-        else:
-            self._store = EtcdStore(
-                etcd, timeout=timeout, credentials=credentials
-            )
-            self._owns_store = True
+        self._store, self._owns_store = open_store(
+            etcd, timeout=timeout, credentials=credentials
+        )
 
         config = self.config
         self._links = LinkTable(

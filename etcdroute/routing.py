@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from etcdroute.errors import InvalidArgumentError
 from etcdroute.keys import check_prefix
+from etcdroute.models import parse_choice
 from etcdroute.placement import PlacementPolicy, PowerOfTwoChoices
 from etcdroute.podtable import LOAD_METRICS
 
@@ -33,16 +34,8 @@ class Consistency(enum.Enum):
     def parse(
         cls, value: Consistency | str, argument: str = "consistency"
     ) -> Consistency:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if value.lower() in (member.value, member.name.lower()):
-                    return member
-        names = ", ".join(m.value for m in cls)
-        raise InvalidArgumentError(
-            argument, f"{value!r} is not one of: {names}"
-        )
+        """Accept a member or its name/value; refuse anything else."""
+        return parse_choice(cls, value, argument)
 
 
 class Source(enum.Enum):

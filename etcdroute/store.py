@@ -920,6 +920,22 @@ class EtcdStore:
         self.close()
 
 
+def open_store(
+    etcd: EtcdStore | str | Sequence[str],
+    *,
+    timeout: float,
+    credentials: Credentials | None,
+) -> tuple[EtcdStore, bool]:
+    """A store from an existing one or from endpoints: ``(store, owned)``.
+
+    ``owned`` is True when this call opened the store, so the caller
+    closes it; a store passed in is shared and left open.
+    """
+    if isinstance(etcd, EtcdStore):
+        return etcd, False
+    return EtcdStore(etcd, timeout=timeout, credentials=credentials), True
+
+
 class WatchStream:
     """One etcd watch on a key prefix, fed by its own thread.
 
