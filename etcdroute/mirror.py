@@ -17,8 +17,9 @@ by itself:
   oldest stream. A paused etcd answers nothing and the staleness grows
   (FR10).
 * **Recovery.** A stream that ends (etcd restart, member gone: FR08,
-  FR17) is rebuilt from each stream's last revision + 1 on the same
-  multi-endpoint store, with capped backoff, forever. A compacted
+  FR17) is rebuilt on the same multi-endpoint store, with capped
+  backoff, forever: every prefix is listed again and watched from the
+  new list revision + 1 (see below for why it does not resume). A compacted
   revision (FR07) means changes were missed: the mirror is marked
   RESYNCING (lookups must bypass it), every prefix is listed again and
   watched from the new list revision + 1. A refused watch or lost
@@ -29,9 +30,9 @@ etcd before 3.5.8 may answer a progress request for a watch that is
 still replaying history (it started behind the current revision) with
 the current revision, *before* the replayed events (etcd issue 15220;
 seen with the bundled 3.5.1). The mirror therefore ignores progress
-notifications for ``PROGRESS_GRACE`` seconds after creating a watch; a
-watch that needs longer than that to catch up can still be trusted too
-early on such versions.
+notifications for ``PROGRESS_GRACE`` seconds after creating a watch,
+and never resumes a lost watch from an old revision: it lists again, so
+a new watch only has the few changes between list and watch to replay.
 
 Known shortcoming: while RECONNECTING the mirror still counts as usable
 within the staleness bound, because nothing proves a change was missed;
@@ -334,18 +335,21 @@ class PrefixMirror:
                 error,
             )
         else:
+            # Listing again rather than resuming from the last revision:
+            # a resumed watch replays history, and etcd before 3.5.8 may
+            # send a progress notification for the current revision in the
+            # middle of that replay; trusting it would skip the rest.
             self._set_state(MirrorState.RECONNECTING)
             logger.info(
-                "mirror %s: watch lost (%s); rebuilding it", self._name, error
+                "mirror %s: watch lost (%s); listing again and rebuilding it",
+                self._name,
+                error,
             )
         backoff = Backoff(0.1, self._max_backoff)
         while not self._stopping.is_set():
             try:
-                if self._state is MirrorState.RECONNECTING:
-                    self._resume_watches()
-                else:
-                    self._sync()
-                    self.resyncs += 1
+                self._sync()
+                self.resyncs += 1
                 self.reconnects += 1
                 logger.info(
                     "mirror %s: watching again from revision %d",
@@ -382,6 +386,10 @@ class PrefixMirror:
         """List every feed at one revision, then watch from it + 1."""
         listed_at = self._clock()
         _, revision = self._store.count_prefix(self._feeds[0].prefix)
+        if self._state is MirrorState.RECONNECTING:
+            # etcd answers again; until the new listing is in, the old
+            # entries may be older than changes made meanwhile: bypass.
+            self._set_state(MirrorState.RESYNCING)
         for feed in self._feeds:
             feed.sink.reset_from(self._store, feed.prefix, revision)
         if self._on_listed is not None:
@@ -392,9 +400,6 @@ class PrefixMirror:
                 stream.confirmed_at = listed_at
                 stream.pending_since = None
             self._oldest_confirmation = listed_at
-        self._start_watches()
-
-    def _resume_watches(self) -> None:
         self._start_watches()
 
     def _start_watches(self) -> None:

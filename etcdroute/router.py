@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from etcdroute.errors import (
+    CorruptValueError,
     InvalidArgumentError,
     LifecycleError,
     NoPodAvailableError,
@@ -231,13 +232,15 @@ class Router:
         return self._resolve(uid, consistency, max_staleness, create=False)
 
     def correct(self, uid: str, pod_id: int, revision: int) -> bool:
-        """Take a pod's word that ``uid`` is linked to ``pod_id``.
+        """Act on a pod's word that ``uid`` is linked to ``pod_id``.
 
-        ``revision`` is the link revision the pod reports. The cache takes
-        it only if it is newer than what it holds (and, for a uid it does
-        not hold, only if no change to that uid arrived since), so a
-        correction can never move the router backwards. Returns True if
-        the cache changed.
+        ``revision`` is the link revision the pod reports. A correction
+        that is not newer than what the cache holds is ignored (no I/O),
+        so corrections can never move the router backwards. A newer one is
+        not taken on trust: the router reads the link from etcd
+        (linearizable) and caches what etcd says, so a wrong or forged
+        correction cannot plant an owner or a revision etcd never had.
+        Returns True if the cache changed.
         """
         check_uid(uid)
         check_pod_id(pod_id)
@@ -246,15 +249,33 @@ class Router:
         if revision < 1:
             raise InvalidArgumentError("revision", f"{revision} must be >= 1")
         self._require_running()
-        taken = self._cache.offer(uid, pod_id, revision, revision)
-        if taken:
+
+        # Not newer than what we hold: nothing to learn.
+        cached, _ = self._cache.get(uid)
+        if cached is not None and revision <= cached.revision:
+            return False
+
+        # Newer: ask etcd, and believe only etcd.
+        key = self.keyspace.link_key(self.service, uid)
+        kv, read_at = self._store.get(key)
+        if kv is None:
+            return False
+        try:
+            link = link_from_kv(uid, kv)
+        except CorruptValueError as exc:
+            logger.warning("correction of %r ignored: %s", uid, exc)
+            return False
+        if (link.pod_id, link.revision) != (pod_id, revision):
             logger.debug(
-                "correction: %r -> pod %d at revision %d",
+                "correction of %r to pod %d @%d not confirmed: etcd has "
+                "pod %d @%d",
                 uid,
                 pod_id,
                 revision,
+                link.pod_id,
+                link.revision,
             )
-        return taken
+        return self._cache.offer(uid, link.pod_id, link.revision, read_at)
 
     def _resolve(
         self,

@@ -416,6 +416,28 @@ def test_correction_for_uncached_uid_respects_later_changes(
     assert "other" not in router.cached()
 
 
+def test_forged_correction_cannot_plant_an_owner(
+    pods: list[ServerDriver],
+    make_router: Any,
+    store: EtcdStore,
+    namespace: str,
+) -> None:
+    """A correction claiming a revision etcd never had changes nothing."""
+    made = pods[0].try_set_linked_pod("b", 0)
+    router = make_router()
+    router._mirror.pause()
+    try:
+        assert not router.correct("b", 1, 10**9)
+        assert not router.correct("ghost", 1, 10**9)
+        hit = router.route("b")
+        assert (hit.pod_id, hit.link_revision) == (0, made.revision)
+        assert "ghost" not in router.cached()
+    finally:
+        router._mirror.resume()
+    assert router.sync()
+    assert router.cached() == etcd_links(store, namespace)
+
+
 # ------------------------------------------------- unregistered owners
 
 
