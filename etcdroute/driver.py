@@ -98,6 +98,8 @@ class ServerDriver:
         _check_address(address)
         if workload is not None and not callable(workload):
             raise InvalidArgumentError("workload", "must be callable or None")
+        if not callable(clock):
+            raise InvalidArgumentError("clock", "must be callable")
         self.config = config if config is not None else DriverConfig()
         if not isinstance(self.config, DriverConfig):
             raise InvalidArgumentError("config", "must be a DriverConfig")

@@ -100,6 +100,8 @@ class Router:
         # Check everything before opening anything.
         self.namespace = check_name("namespace", namespace)
         self.service = check_name("service", service)
+        if not callable(clock):
+            raise InvalidArgumentError("clock", "must be callable")
         self.config = config if config is not None else RouterConfig()
         if not isinstance(self.config, RouterConfig):
             raise InvalidArgumentError("config", "must be a RouterConfig")
@@ -535,6 +537,14 @@ class Router:
 
         Returns False if that did not happen within ``timeout`` seconds.
         """
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 <= timeout < 86400
+        ):
+            raise InvalidArgumentError(
+                "timeout", f"{timeout!r} must be a number of seconds >= 0"
+            )
         self._require_running()
         return self._mirror.wait_current(timeout)
 

@@ -440,9 +440,19 @@ class EtcdStore:
         timeout: float = DEFAULT_TIMEOUT,
         credentials: Credentials | None = None,
     ) -> None:
-        if not isinstance(timeout, (int, float)) or not 0 < timeout < 3600:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < 3600
+        ):
             raise InvalidArgumentError(
                 "timeout", f"{timeout!r} must be a number in (0, 3600)"
+            )
+        if credentials is not None and not isinstance(
+            credentials, Credentials
+        ):
+            raise InvalidArgumentError(
+                "credentials", "must be a Credentials or None"
             )
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = float(timeout)

@@ -161,3 +161,24 @@ def test_bad_timeout(timeout: object) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         EtcdStore("127.0.0.1:2379", timeout=timeout)  # type: ignore[arg-type]
     assert info.value.argument == "timeout"
+
+
+def test_bad_store_and_clock_arguments(etcd_endpoints: str) -> None:
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: EtcdStore(etcd_endpoints, timeout=True), "timeout"),
+        (lambda: EtcdStore(etcd_endpoints, credentials="x"), "credentials"),
+        (
+            lambda: ServerDriver(
+                etcd_endpoints,
+                namespace="ns",
+                service="s",
+                pod_id=1,
+                clock=None,  # type: ignore[arg-type]
+            ),
+            "clock",
+        ),
+    ]
+    for make, argument in cases:
+        with pytest.raises(InvalidArgumentError) as info:
+            make()
+        assert info.value.argument == argument

@@ -631,3 +631,12 @@ def test_links_of_a_crashed_pod_leave_the_cache(
         assert router.cached() == etcd_links(store, namespace)
     finally:
         pods[1]._state_job.resume()
+
+
+def test_sync_timeout_is_checked(make_router: Any) -> None:
+    router = make_router()
+    for bad in (None, "x", -1, True):
+        with pytest.raises(InvalidArgumentError) as info:
+            router.sync(bad)
+        assert info.value.argument == "timeout"
+    assert router.sync(5)
