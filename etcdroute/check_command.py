@@ -4,7 +4,10 @@ Reads a history in the documented JSON-lines format (docs/checking.md),
 checks G1, G2 and G3 with :mod:`etcdroute.checker` and prints a report:
 a summary line, then each violation with its evidence (a minimal failing
 sub-history for linearizability). Exit 0 when nothing is wrong, 1 when a
-violation was found, 2 when the file is unreadable or breaks the format.
+violation was found, 2 when the file is unreadable or breaks the format,
+3 when no violation was found but some uid's search ran out of time
+(inconclusive: not a pass). Uids, process names and messages come from
+the file and are printed as plain text, never as rich markup.
 """
 
 from __future__ import annotations
@@ -15,14 +18,20 @@ import sys
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from etcdroute.checker import CheckResult, Violation, check_history
+from etcdroute.checker import (
+    MAX_SECONDS_PER_UID,
+    CheckResult,
+    Violation,
+    check_history,
+)
 from etcdroute.errors import HistoryFormatError
 from etcdroute.history import read_history
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_FILE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_FILE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 @click.command(name="check")
@@ -39,7 +48,16 @@ EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_FILE = 0, 1, 2
     is_flag=True,
     help="Report whole failing uids instead of minimal sub-histories.",
 )
-def check_command(history: str, show: int, no_shrink: bool) -> None:
+@click.option(
+    "--max-seconds-per-uid",
+    type=click.FloatRange(0, min_open=True),
+    default=MAX_SECONDS_PER_UID,
+    show_default=True,
+    help="Search time per uid; past it the uid is INCONCLUSIVE (exit 3).",
+)
+def check_command(
+    history: str, show: int, no_shrink: bool, max_seconds_per_uid: float
+) -> None:
     """Check a recorded history (JSON lines) for G1, G2 and G3."""
     console = Console()
     try:
@@ -47,9 +65,15 @@ def check_command(history: str, show: int, no_shrink: bool) -> None:
     except (OSError, HistoryFormatError) as exc:
         click.echo(f"Error: cannot read {history}: {exc}", err=True)
         sys.exit(EXIT_BAD_FILE)
-    result = check_history(operations, shrink=not no_shrink)
+    result = check_history(
+        operations,
+        shrink=not no_shrink,
+        max_seconds_per_uid=max_seconds_per_uid,
+    )
     render(console, result, show)
-    sys.exit(EXIT_OK if result.ok else EXIT_VIOLATIONS)
+    if result.violations:
+        sys.exit(EXIT_VIOLATIONS)
+    sys.exit(EXIT_OK if result.ok else EXIT_INCONCLUSIVE)
 
 
 def render(console: Console, result: CheckResult, show: int) -> None:
@@ -63,6 +87,16 @@ def render(console: Console, result: CheckResult, show: int) -> None:
     )
     if result.ok:
         console.print("[bold green]OK[/]: G1, G2 and G3 hold")
+        return
+    if result.inconclusive:
+        line = Text("INCONCLUSIVE", style="bold yellow")
+        line.append(
+            f": the search ran out of time on {len(result.inconclusive)} "
+            "uid(s), neither passed nor failed: "
+        )
+        line.append(", ".join(map(repr, result.inconclusive)))
+        console.print(line)
+    if not result.violations:
         return
     kinds: dict[str, int] = {}
     for violation in result.violations:
@@ -80,9 +114,10 @@ def render(console: Console, result: CheckResult, show: int) -> None:
 
 
 def _table(violation: Violation) -> Table:
+    # Text objects: uids and process names are data, never markup.
     table = Table(
-        title=f"{violation.kind} on uid {violation.uid!r}",
-        caption=violation.message,
+        title=Text(f"{violation.kind} on uid {violation.uid!r}"),
+        caption=Text(violation.message),
         title_justify="left",
         caption_justify="left",
     )
@@ -99,8 +134,8 @@ def _table(violation: Violation) -> Table:
         table.add_row(
             f"{(op.invoke - origin) * 1000:.3f}",
             until,
-            op.process,
+            Text(op.process),
             f"{op.op}({argument})",
-            op.answer(),
+            Text(op.answer()),
         )
     return table

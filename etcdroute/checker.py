@@ -32,6 +32,20 @@ What is checked (DESIGN.md section 4):
 * **G1 single owner.** Two results that name the same uid and revision
   name the same pod.
 
+* **Revision order.** etcd revisions are global and grow with real time,
+  which the register model (comparing revisions for equality only) does
+  not use. Per uid: two different ok writes never report the same
+  revision; a write invoked after another ok write completed has a larger
+  revision; a read (get, or a try_set that found a link) invoked after an
+  ok write completed returns no smaller revision, or none at all. A
+  remove that removed something, invoked after revision r was known,
+  itself has a revision above r, so reads and writes invoked after it
+  completed must show a revision above that. A cheap sweep, no search.
+
+Budget: the search of one uid stops after ``max_seconds_per_uid``; that
+uid is then reported *inconclusive* (neither passing nor failing), and
+:attr:`CheckResult.ok` is False. Shrinking is bounded in calls and time.
+
 How: linearizability is local (a history is linearizable iff each uid's
 sub-history is), so each uid is searched on its own. The search is the
 Wing and Gong depth-first search over a doubly linked list of call and
@@ -49,6 +63,7 @@ otherwise such a vanished link shows up as a violation.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -89,6 +104,14 @@ _ANY: Final[State] = (-2, -2)
 SHRINK_BUDGET: Final = 2000
 SHRINK_SECONDS: Final = 5.0
 
+#: Default seconds the linearizability search may spend on one uid
+#: before that uid is reported inconclusive.
+MAX_SECONDS_PER_UID: Final = 20.0
+
+
+class SearchTimeout(Exception):
+    """The search passed its deadline: no verdict either way."""
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -125,10 +148,18 @@ class CheckResult:
     violations: tuple[Violation, ...]
     elapsed: float
     counts: dict[str, int] = field(default_factory=dict)
+    #: Uids whose linearizability search ran out of time (no verdict).
+    inconclusive: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.violations
+        """No violation and every uid decided: only then is it a pass."""
+        return not self.violations and not self.inconclusive
+
+    @property
+    def conclusive(self) -> bool:
+        """Whether every uid got a verdict within its time budget."""
+        return not self.inconclusive
 
     def failed_uids(self, kind: str | None = None) -> set[str]:
         return {
@@ -143,8 +174,17 @@ class CheckResult:
         )
         if self.ok:
             return head + "no violation"
-        body = "\n".join(v.describe() for v in self.violations)
-        return head + f"{len(self.violations)} violation(s)\n{body}"
+        parts = []
+        if self.violations:
+            body = "\n".join(v.describe() for v in self.violations)
+            parts.append(f"{len(self.violations)} violation(s)\n{body}")
+        if self.inconclusive:
+            names = ", ".join(map(repr, self.inconclusive))
+            parts.append(
+                f"INCONCLUSIVE on {len(self.inconclusive)} uid(s) (search "
+                f"out of time): {names}"
+            )
+        return head + "\n".join(parts)
 
 
 # --------------------------------------------------------------- driver
@@ -155,8 +195,13 @@ def check_history(
     *,
     shrink: bool = True,
     shrink_budget: int = SHRINK_BUDGET,
+    max_seconds_per_uid: float = MAX_SECONDS_PER_UID,
 ) -> CheckResult:
-    """Check G1, G2 and G3 on a whole history; see the module docstring."""
+    """Check G1, G2, G3 and revision order; see the module docstring.
+
+    A uid whose search takes over ``max_seconds_per_uid`` is listed in
+    :attr:`CheckResult.inconclusive` instead of passing or failing.
+    """
     started = time.perf_counter()
     by_uid: dict[str, list[Operation]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
@@ -167,15 +212,32 @@ def check_history(
         total += 1
 
     violations: list[Violation] = []
+    inconclusive: list[str] = []
     for uid, ops in by_uid.items():
         violations.extend(check_single_owner(ops))
         violations.extend(check_agreement(ops))
+        violations.extend(check_revision_order(ops))
         kept = [op for op in ops if _relevant(op)]
-        failure = _diagnose(kept, False)
+        deadline = time.perf_counter() + max_seconds_per_uid
+        try:
+            failure = _diagnose(kept, False, deadline)
+        except SearchTimeout:
+            logger.warning(
+                "uid %r: search out of time after %.1f s, inconclusive",
+                uid,
+                max_seconds_per_uid,
+            )
+            inconclusive.append(uid)
+            continue
         if failure is not None:
             violations.append(
                 _linearizability_violation(
-                    uid, kept, failure, shrink, shrink_budget
+                    uid,
+                    kept,
+                    failure,
+                    shrink,
+                    shrink_budget,
+                    min(SHRINK_SECONDS, max_seconds_per_uid),
                 )
             )
     elapsed = time.perf_counter() - started
@@ -187,7 +249,12 @@ def check_history(
             len({v.uid for v in violations}),
         )
     return CheckResult(
-        total, len(by_uid), tuple(violations), elapsed, dict(counts)
+        total,
+        len(by_uid),
+        tuple(violations),
+        elapsed,
+        dict(counts),
+        tuple(inconclusive),
     )
 
 
@@ -197,6 +264,7 @@ def _linearizability_violation(
     failure: _Failure,
     shrink: bool,
     budget: int,
+    seconds: float,
 ) -> Violation:
     blocker, window, start_any = failure
     if not shrink:
@@ -208,6 +276,9 @@ def _linearizability_violation(
             minimal=False,
         )
     writers = _writers(window)
+    # Every search made while shrinking shares one deadline, so a single
+    # slow candidate cannot outlast the shrinking budget.
+    deadline = time.perf_counter() + seconds
 
     def same_failure(candidate: Sequence[Operation]) -> bool:
         # Keep the write behind every revision a kept call observed, and
@@ -222,10 +293,10 @@ def _linearizability_violation(
                 return False
         return (
             id(blocker) in members
-            and _blocker(candidate, start_any) is blocker
+            and _blocker(candidate, start_any, deadline) is blocker
         )
 
-    evidence, minimal = shrink_failure(window, same_failure, budget)
+    evidence, minimal = shrink_failure(window, same_failure, budget, seconds)
     before = "in any state" if start_any else "absent"
     message = (
         f"no order explains these {len(evidence)} of its {len(kept)} "
@@ -244,7 +315,9 @@ def _linearizability_violation(
 _Failure = tuple[Operation, list[Operation], bool]
 
 
-def _diagnose(kept: list[Operation], start_any: bool) -> _Failure | None:
+def _diagnose(
+    kept: list[Operation], start_any: bool, deadline: float | None = None
+) -> _Failure | None:
     """Decide linearizability of one uid; None if linearizable.
 
     A linearizable history is usually confirmed by a short walk, while a
@@ -252,29 +325,33 @@ def _diagnose(kept: list[Operation], start_any: bool) -> _Failure | None:
     say no. So the search first runs on a budget; if that runs out, a
     short window around where it got stuck is checked (a failing window
     proves the whole failing, see :func:`failing_window`), and only then
-    is the whole searched without a budget.
+    is the whole searched without a budget of configurations. Past
+    ``deadline`` (a ``time.perf_counter()`` value) it raises
+    :class:`SearchTimeout`.
     """
     if not kept:
         return None
     start = _ANY if start_any else None
     search = _Search(kept, start)
-    verdict = search.run(budget=max(5_000, 8 * len(kept)))
+    verdict = search.run(budget=max(5_000, 8 * len(kept)), deadline=deadline)
     if verdict is None and search.blocker >= 0:
-        found = failing_window(kept, kept[search.blocker])
+        found = failing_window(kept, kept[search.blocker], deadline)
         if found is not None:
             return found
     if verdict is None:
         search = _Search(kept, start)
-        verdict = search.run()
+        verdict = search.run(deadline=deadline)
     if verdict:
         return None
     blocker = kept[search.blocker]
-    found = failing_window(kept, blocker)
+    found = failing_window(kept, blocker, deadline)
     return found if found is not None else (blocker, kept, start_any)
 
 
 def failing_window(
-    ops: Sequence[Operation], suspect: Operation
+    ops: Sequence[Operation],
+    suspect: Operation,
+    deadline: float | None = None,
 ) -> _Failure | None:
     """A short stretch of ``ops`` around ``suspect`` that fails alone.
 
@@ -310,7 +387,7 @@ def failing_window(
         window = _window(ordered, quiet[step - 1], horizon)
         if len(window) * 2 > len(ordered):
             return None
-        blocker = _blocker(window, True)
+        blocker = _blocker(window, True, deadline)
         if blocker is not None:
             return blocker, window, True
         step *= 2
@@ -367,17 +444,22 @@ def is_linearizable(
     return _check(ops, start_any)
 
 
-def _blocker(ops: Sequence[Operation], start_any: bool) -> Operation | None:
+def _blocker(
+    ops: Sequence[Operation],
+    start_any: bool,
+    deadline: float | None = None,
+) -> Operation | None:
     """None if linearizable, else the operation the search stopped at.
 
     That is the operation with the latest completion that the search
     could not get past: every earlier completion has an explanation.
+    Raises :class:`SearchTimeout` past ``deadline``.
     """
     kept = [op for op in ops if _relevant(op)]
     if not kept:
         return None
     search = _Search(kept, _ANY if start_any else None)
-    if search.run():
+    if search.run(deadline=deadline):
         return None
     return kept[search.blocker]
 
@@ -451,8 +533,15 @@ class _Search:
             if after != -1:
                 prv[after] = node
 
-    def run(self, budget: int | None = None) -> bool | None:
-        """Search; None when ``budget`` configurations were not enough."""
+    def run(
+        self, budget: int | None = None, deadline: float | None = None
+    ) -> bool | None:
+        """Search; None when ``budget`` configurations were not enough.
+
+        Raises :class:`SearchTimeout` once ``time.perf_counter()`` passes
+        ``deadline`` (looked at every 1024 new configurations, so the
+        clock costs nothing noticeable).
+        """
         nxt = self.nxt
         step = self._step
         known = self.known
@@ -474,6 +563,12 @@ class _Search:
                         seen.add(key)
                         if budget is not None and len(seen) > budget:
                             return None
+                        if (
+                            deadline is not None
+                            and not len(seen) & 1023
+                            and time.perf_counter() > deadline
+                        ):
+                            raise SearchTimeout
                         stack.append((i, state))
                         state = after
                         linearized = marked
@@ -609,7 +704,8 @@ def shrink_failure(
 
     Returns ``(subset, minimal)``; ``minimal`` is True when the subset is
     1-minimal (no single operation can be dropped), False when the
-    budget of ``fails`` calls or of ``seconds`` ran out first.
+    budget of ``fails`` calls or of ``seconds`` ran out first (also when
+    ``fails`` itself raises :class:`SearchTimeout`).
     """
     deadline = time.perf_counter() + seconds
     current = [op for op in ops if _relevant(op)]
@@ -623,7 +719,11 @@ def shrink_failure(
                 return current, False
             candidate = current[:start] + current[start + chunk :]
             spent += 1
-            if candidate and fails(candidate):
+            try:
+                failing = bool(candidate) and fails(candidate)
+            except SearchTimeout:
+                return current, False
+            if failing:
                 current = candidate
                 removed_any = True
             else:
@@ -632,6 +732,136 @@ def shrink_failure(
             return current, True
         if not removed_any:
             chunk = max(1, chunk // 2)
+
+
+# ------------------------------------------------------ revision order
+
+
+def _written(op: Operation) -> int | None:
+    """The revision an ok write (set, or a creating try_set) made."""
+    if op.outcome != "ok" or op.result is None:
+        return None
+    if op.op == "set" or (op.op == "try_set" and op.result["created"]):
+        revision = op.result["revision"]
+        return revision if isinstance(revision, int) else None
+    return None
+
+
+def _removed(op: Operation) -> bool:
+    """Whether ``op`` is an ok remove that deleted a link (a new revision)."""
+    return (
+        op.op in ("remove", "remove_with_id")
+        and op.outcome == "ok"
+        and op.result is not None
+        and bool(op.result.get("removed"))
+    )
+
+
+def check_revision_order(ops: Sequence[Operation]) -> list[Violation]:
+    """Revision order on one uid (see the module docstring).
+
+    etcd revisions are global and grow with real time, so for ok calls,
+    with "before" meaning completed before the other was invoked:
+
+    (a) two different writes never report the same revision;
+    (b) a write after a write W has a revision above rev(W);
+    (c) a read after a write W returns no revision below rev(W);
+    (d) a remove that deleted a link, invoked after revisions up to r
+        were known, has a revision above r; a write or read after it
+        shows a revision above that (the link it sees is newer).
+
+    One sweep in invocation order: the calls completed before each
+    invocation are released from a heap and raise the known floor.
+    Calls of unknown outcome prove nothing here and are ignored.
+    """
+    violations: list[Violation] = []
+    by_revision: dict[int, list[Operation]] = defaultdict(list)
+    for op in ops:
+        revision = _written(op)
+        if revision is not None:
+            by_revision[revision].append(op)
+    for revision, writers in sorted(by_revision.items()):
+        if len(writers) > 1:
+            violations.append(
+                Violation(
+                    "revision-order",
+                    writers[0].uid,
+                    f"{len(writers)} different writes report revision "
+                    f"{revision}",
+                    tuple(writers),
+                )
+            )
+
+    # Floors: the largest revision written (a read may still see it) and
+    # the largest lower bound of a remove's revision (reads and writes
+    # must be above it), each with the call that set it.
+    written: tuple[int, Operation] | None = None
+    removal: tuple[int, Operation] | None = None
+    pending: list[tuple[float, int, int, Operation]] = []
+    ordered = sorted(
+        (op for op in ops if op.outcome == "ok" and op.complete is not None),
+        key=lambda op: op.invoke,
+    )
+    for index, op in enumerate(ordered):
+        while pending and pending[0][0] < op.invoke:
+            _, level, _, done = heapq.heappop(pending)
+            if _written(done) is not None:
+                if written is None or level > written[0]:
+                    written = (level, done)
+            elif removal is None or level > removal[0]:
+                removal = (level, done)
+        wrote = _written(op)
+        seen = _observed(op)
+        claim = wrote if wrote is not None else seen
+        if claim is not None:
+            problem = _out_of_order(claim, written, removal)
+            if problem is not None:
+                message, cause = problem
+                violations.append(
+                    Violation(
+                        "revision-order",
+                        op.uid,
+                        f"{op.process}'s {op.op} reports revision {claim}, "
+                        + message,
+                        (cause, op),
+                    )
+                )
+        if wrote is not None:
+            floor: int | None = wrote
+        elif _removed(op):
+            floor = 1 + max(
+                written[0] if written else 0, removal[0] if removal else 0
+            )
+        else:
+            floor = None
+        if floor is not None:
+            assert op.complete is not None
+            heapq.heappush(pending, (op.complete, floor, index, op))
+    return violations
+
+
+def _out_of_order(
+    claim: int,
+    written: tuple[int, Operation] | None,
+    removal: tuple[int, Operation] | None,
+) -> tuple[str, Operation] | None:
+    """Why ``claim`` breaks rules (b)-(d), with the call to blame."""
+    # A write equal to an earlier write's revision is rule (a)'s report.
+    if written is not None and claim < written[0]:
+        floor, cause = written
+        return (
+            f"below revision {floor} that "
+            f"{cause.process}'s {cause.op} wrote before it was invoked",
+            cause,
+        )
+    if removal is not None and claim <= removal[0]:
+        floor, cause = removal
+        return (
+            f"not above {floor}: {cause.process}'s {cause.op} deleted the "
+            f"link at a revision of at least {floor} before it was invoked",
+            cause,
+        )
+    return None
 
 
 # ---------------------------------------------------------------- G2, G1

@@ -430,6 +430,17 @@ def iter_history(lines: Iterable[str], source: str) -> Iterator[Operation]:
             raise HistoryFormatError(
                 source, number, f"not JSON: {exc}"
             ) from None
+        except (ValueError, RecursionError) as exc:
+            # An integer over the int/str digit limit is a ValueError;
+            # nesting deeper than the parser's recursion a RecursionError.
+            reason = (
+                "too deeply nested"
+                if isinstance(exc, RecursionError)
+                else str(exc)
+            )
+            raise HistoryFormatError(
+                source, number, f"not readable JSON: {reason}"
+            ) from None
         if (
             number == 1
             and isinstance(document, dict)
@@ -448,9 +459,24 @@ def iter_history(lines: Iterable[str], source: str) -> Iterator[Operation]:
 
 
 def read_history(path: str | Path) -> list[Operation]:
-    """Read a history file written by :func:`write_history` or others."""
-    with open(path, encoding="utf-8") as stream:
-        return load_history(stream, str(path))
+    """Read a history file written by :func:`write_history` or others.
+
+    The file must be UTF-8 (a leading byte order mark is allowed); other
+    bytes raise :class:`HistoryFormatError` naming the line, as does any
+    line that is not JSON, so callers catch a single error type.
+    """
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise HistoryFormatError(
+            str(path), line, f"not UTF-8 text (byte {exc.start})"
+        ) from None
+    # Split on newlines only: JSON strings may hold U+2028 and friends,
+    # which str.splitlines would treat as line ends.
+    return load_history(text.split("\n"), str(path))
 
 
 # --------------------------------------------------------- field checks

@@ -6,13 +6,17 @@ it is or is not linearizable.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from etcdroute.checker import (
+    SearchTimeout,
     check_agreement,
     check_history,
+    check_revision_order,
     check_single_owner,
     is_linearizable,
     shrink_failure,
@@ -356,17 +360,23 @@ def test_violation_is_shrunk_to_a_minimal_sub_history() -> None:
     t = 0.0
     for round_ in range(20):
         history.append(
-            try_set("a", t, t + 1, 1, got=1, created=True, rev=10 + round_)
+            try_set("a", t, t + 1, 1, got=1, created=True, rev=10 + 2 * round_)
         )
-        history.append(get("b", t + 2, t + 3, 1, 10 + round_))
+        # Odd revisions are the removes'.
+        history.append(get("b", t + 2, t + 3, 1, 10 + 2 * round_))
         history.append(remove("a", t + 4, t + 5, removed=True))
         t += 6
     stale = get("b", t, t + 1, 1, 10)  # a link that was removed long ago
     history.append(stale)
 
     result = check_history(history)
-    (violation,) = result.violations
-    assert violation.kind == "linearizability" and violation.minimal
+    # The stale read also breaks revision order (checked on its own).
+    (order,) = [v for v in result.violations if v.kind == "revision-order"]
+    assert stale in order.operations
+    (violation,) = [
+        v for v in result.violations if v.kind == "linearizability"
+    ]
+    assert violation.minimal
     assert stale in violation.operations
     assert len(violation.operations) <= 3
     # 1-minimal: dropping any single operation makes it pass.
@@ -436,7 +446,7 @@ def test_many_overlapping_ops_stay_fast(processes: int) -> None:
     history = []
     for step in range(30):
         base = step * 10.0
-        revision = step + 1
+        revision = 2 * step + 1  # even revisions are the removes'
         writer = try_set(
             "p0", base, base + 5, 1, got=1, created=True, rev=revision
         )
@@ -475,8 +485,188 @@ def test_failure_deep_in_a_long_contended_history_is_found_fast() -> None:
     history.append(stale)
 
     result = check_history(history)
-    (violation,) = result.violations
+    assert result.failed_uids("revision-order") == {"u"}
+    (violation,) = [
+        v for v in result.violations if v.kind == "linearizability"
+    ]
     assert stale in violation.operations
     assert len(violation.operations) <= 3, violation.describe()
     assert result.elapsed < 30
     assert is_linearizable([op for op in history if op is not stale])
+
+
+# ------------------------------------------------------- revision order
+
+
+def _order_kinds(ops: list[Operation]) -> list[str]:
+    """Messages of the revision-order violations alone."""
+    return [v.message for v in check_revision_order(ops)]
+
+
+def test_revision_order_passes_growing_revisions() -> None:
+    # Create @5, remove, re-create @9, read @9: revisions grow with time.
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=5),
+        remove("b", 2, 3),
+        try_set("c", 4, 5, 2, got=2, created=True, rev=9),
+        get("d", 6, 7, 2, 9),
+    ]
+    assert _order_kinds(ops) == []
+    assert check_history(ops).ok
+
+
+def test_rule_a_two_writes_never_share_a_revision() -> None:
+    # @10, remove, @10 again: the second write reuses a revision.
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=10),
+        remove("b", 2, 3),
+        try_set("c", 4, 5, 1, got=1, created=True, rev=10),
+    ]
+    result = check_history(ops)
+    assert "revision-order" in {v.kind for v in result.violations}
+    assert any("2 different writes" in m for m in _order_kinds(ops))
+
+
+def test_rule_b_a_later_write_has_a_larger_revision() -> None:
+    # try_set creates @10, remove, a new try_set creates @5: impossible,
+    # yet the register model (equality only) explains it.
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=10),
+        remove("b", 2, 3),
+        try_set("c", 4, 5, 2, got=2, created=True, rev=5),
+    ]
+    assert is_linearizable(ops)
+    messages = _order_kinds(ops)
+    assert messages and "below revision 10" in messages[0]
+    assert not check_history(ops).ok
+
+
+def test_rule_b_passes_overlapping_writes_in_any_order() -> None:
+    # Two sets that overlap may commit in either order.
+    ops = [
+        set_("a", 0, 3, 1, created=True, rev=8),
+        set_("b", 1, 2, 2, rev=7),
+    ]
+    assert _order_kinds(ops) == []
+
+
+def test_rule_c_a_read_never_goes_back_in_revisions() -> None:
+    # An unknown set, then a set @20 completes, then a get sees @3.
+    ops = [
+        set_("c", 0, None, 1, outcome="unknown"),
+        set_("a", 1, 2, 2, created=True, rev=20),
+        get("d", 5, 6, 1, 3),
+    ]
+    assert is_linearizable(ops)
+    messages = _order_kinds(ops)
+    assert (
+        messages and "reports revision 3, below revision 20" in (messages[0])
+    )
+
+
+def test_rule_c_passes_absent_reads_and_reads_of_the_same_write() -> None:
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=20),
+        get("b", 2, 3, 1, 20),
+        try_set("c", 4, 5, 2, got=1, created=False, rev=20),
+        remove("d", 6, 7),
+        get("e", 8, 9, None),
+    ]
+    assert _order_kinds(ops) == []
+
+
+def test_rule_c_covers_try_set_that_found_a_link() -> None:
+    ops = [
+        set_("c", 0, None, 1, outcome="unknown"),
+        set_("a", 1, 2, 2, created=True, rev=20),
+        try_set("b", 3, 4, 3, got=1, created=False, rev=4),
+    ]
+    assert _order_kinds(ops)
+
+
+def test_rule_d_a_read_after_a_remove_sees_a_newer_link() -> None:
+    # Create @5, remove, an unknown set, a get of @5: the unknown set
+    # would have made a revision above the remove's, so @5 is stale.
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=5),
+        remove("b", 2, 3),
+        set_("c", 4, None, 1, outcome="unknown"),
+        get("d", 5, 6, 1, 5),
+    ]
+    assert is_linearizable(ops)
+    messages = _order_kinds(ops)
+    assert messages and "not above 6" in messages[0]
+
+
+def test_rule_d_passes_a_newer_link_and_a_remove_of_nothing() -> None:
+    ops = [
+        try_set("a", 0, 1, 1, got=1, created=True, rev=5),
+        remove("b", 2, 3),
+        set_("c", 4, None, 1, outcome="unknown"),
+        get("d", 5, 6, 1, 7),
+    ]
+    assert _order_kinds(ops) == []
+    # A remove that removed nothing made no revision: no floor from it.
+    quiet = [
+        remove("b", 0, 1, removed=False),
+        try_set("a", 2, 3, 1, got=1, created=True, rev=1),
+    ]
+    assert _order_kinds(quiet) == []
+
+
+def test_revision_order_ignores_calls_of_unknown_outcome() -> None:
+    ops = [
+        try_set("a", 0, 1, 1, outcome="unknown"),
+        remove("b", 2, 3, outcome="unknown"),
+        try_set("c", 4, 5, 2, got=2, created=True, rev=1),
+    ]
+    assert _order_kinds(ops) == []
+
+
+# ------------------------------------------------------------- budget
+
+
+def _unknown_sets_and_an_impossible_read(count: int) -> list[Operation]:
+    """Many sets of unknown outcome, then a read no set can explain.
+
+    The search must try every subset and order of the sets before it may
+    say no: exponential in ``count``.
+    """
+    ops = [
+        set_(f"w{i}", i * 0.001, None, i, outcome="unknown")
+        for i in range(count)
+    ]
+    ops.append(get("r", 1.0, 1.1, 999, 7))
+    return ops
+
+
+def test_a_slow_uid_is_inconclusive_not_passing() -> None:
+    ops = _unknown_sets_and_an_impossible_read(20)
+    ops.append(set_("x", 0, 1, 1, created=True, rev=3, uid="easy"))
+    started = time.perf_counter()
+    result = check_history(ops, max_seconds_per_uid=0.2)
+    assert time.perf_counter() - started < 5
+    assert result.inconclusive == ("u",)
+    assert not result.ok and not result.conclusive
+    assert not result.violations
+    assert "INCONCLUSIVE" in result.describe()
+
+
+def test_a_fast_uid_is_conclusive_under_the_budget() -> None:
+    result = check_history(
+        _unknown_sets_and_an_impossible_read(3), max_seconds_per_uid=5
+    )
+    assert result.conclusive
+    assert result.failed_uids("linearizability") == {"u"}
+
+
+def test_shrinking_stops_when_a_search_runs_out_of_time() -> None:
+    ops = [get(f"p{i}", i, i + 0.5, None) for i in range(8)]
+    calls = []
+
+    def slow(candidate: Sequence[Operation]) -> bool:
+        calls.append(len(candidate))
+        raise SearchTimeout
+
+    subset, minimal = shrink_failure(ops, slow)
+    assert subset == ops and not minimal and len(calls) == 1

@@ -227,3 +227,88 @@ def test_cli_check_refuses_a_broken_file(tmp_path: Path) -> None:
     outcome = CliRunner().invoke(main, ["check", str(path)])
     assert outcome.exit_code == 2
     assert "line 1" in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"op": "get"}\n\xff\xfe\n', "not UTF-8"),
+        ('{"op": "get"}\n'.encode("utf-16"), "not UTF-8"),
+        (b'{"pod": ' + b"9" * 5000 + b"}\n", "not readable JSON"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "too deeply nested"),
+    ],
+    ids=["invalid-utf8", "utf16", "huge-int", "deep-nesting"],
+)
+def test_cli_check_refuses_unreadable_files_without_traceback(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(content)
+    outcome = CliRunner().invoke(main, ["check", str(path)])
+    assert outcome.exit_code == 2, outcome.output
+    assert outcome.exception is None or isinstance(
+        outcome.exception, SystemExit
+    )
+    assert reason in outcome.output and "Traceback" not in outcome.output
+
+
+@pytest.mark.parametrize(
+    "name", ["[/]", "[link=file:///etc/passwd]x", "[bold]p[/bold]"]
+)
+def test_cli_check_prints_uids_and_processes_literally(
+    tmp_path: Path, name: str
+) -> None:
+    # Two creators of one link: a violation whose report names both.
+    ops = [
+        Operation(
+            name,
+            "try_set",
+            name,
+            pod,
+            1.0 + pod / 10,
+            2.0 + pod / 10,
+            "ok",
+            {"pod": pod, "created": True, "revision": 6 + pod},
+        )
+        for pod in (1, 2)
+    ]
+    path = tmp_path / "markup.jsonl"
+    write_history(path, ops)
+    outcome = CliRunner().invoke(
+        main, ["check", str(path)], terminal_width=400
+    )
+    assert outcome.exit_code == 1, outcome.output
+    assert outcome.exception is None or isinstance(
+        outcome.exception, SystemExit
+    )
+    assert f"on uid {name!r}" in outcome.output
+    assert f"{name}'s try_set" in outcome.output
+
+
+def test_cli_check_reports_inconclusive_with_exit_3(tmp_path: Path) -> None:
+    # Twenty sets of unknown outcome and a read none of them explains:
+    # the search needs far longer than the tiny budget allows.
+    ops = [
+        Operation(f"w{i}", "set", "slow", i, i / 1000, None, "unknown")
+        for i in range(20)
+    ]
+    ops.append(
+        Operation(
+            "r",
+            "get",
+            "slow",
+            None,
+            1.0,
+            1.1,
+            "ok",
+            {"pod": 999, "revision": 7},
+        )
+    )
+    path = tmp_path / "slow.jsonl"
+    write_history(path, ops)
+    outcome = CliRunner().invoke(
+        main, ["check", str(path), "--max-seconds-per-uid", "0.1"]
+    )
+    assert outcome.exit_code == 3, outcome.output
+    assert "INCONCLUSIVE" in outcome.output and "'slow'" in outcome.output
+    assert "OK" not in outcome.output
