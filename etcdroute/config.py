@@ -53,7 +53,7 @@ class DriverConfig:
     """
 
     lease_ttl: int = 15
-    state_interval: float = 5.0
+    state_interval: float = 4.0
     workload_interval: float = 60.0
     fencing_margin: float = 1.0
     persistent_links: bool = False

@@ -169,7 +169,7 @@ class Demo:
             self.table = LinkTable(
                 store, Keyspace("etcdroute", self.namespace)
             )
-            pods = self.start_pods(endpoints)
+            self.start_pods(endpoints, pods)
             ok = self.scenario(pods)
         finally:
             for pod in pods.values():
@@ -202,23 +202,23 @@ class Demo:
         finally:
             store.close()
 
-    def start_pods(self, endpoints: str) -> dict[int, PodProcess]:
-        pods = {
-            pod_id: PodProcess(
-                self.opts,
-                endpoints,
-                self.namespace,
-                pod_id,
-                load=self.rng.randint(0, 100),
+    def start_pods(self, endpoints: str, pods: dict[int, PodProcess]) -> None:
+        """Start the pod processes into ``pods``, one by one.
+
+        Filling the caller's dict as each process starts means an
+        interruption half-way (SIGTERM, Ctrl-C) still stops every process
+        already started.
+        """
+        for pod_id in range(1, self.opts.pods + 1):
+            load = self.rng.randint(0, 100)
+            pods[pod_id] = PodProcess(
+                self.opts, endpoints, self.namespace, pod_id, load=load
             )
-            for pod_id in range(1, self.opts.pods + 1)
-        }
         for pod in pods.values():
             pod.expect("ready")
         self.say(
             f"started {len(pods)} pod processes, each with its own driver"
         )
-        return pods
 
     def scenario(self, pods: dict[int, PodProcess]) -> bool:
         n = self.opts.uids

@@ -108,6 +108,15 @@ class ServerDriver:
         self._store, self._owns_store = open_store(
             etcd, timeout=timeout, credentials=credentials
         )
+        failover = 2 * self._store.timeout + self.config.state_interval
+        if self.config.lease_ttl <= failover:
+            logger.warning(
+                "lease_ttl %d s is not above 2 x call timeout + "
+                "state_interval (%.1f s): a frozen etcd member can cost "
+                "this pod its lease before keepalives move to another",
+                self.config.lease_ttl,
+                failover,
+            )
 
         self._links = LinkTable(
             self._store, self.keyspace, persistent=self.config.persistent_links

@@ -412,7 +412,9 @@ def translate(
         return StoreUnavailableError(f"{what}: etcd unavailable: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return PermissionDeniedError(message)
-    if "authentication failed" in details:
+    if "authentication failed" in details or "user name is empty" in details:
+        # The second is etcd's answer to a call without a token while
+        # auth is on: credentials are missing.
         return AuthenticationError(message)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(message)

@@ -35,7 +35,7 @@ from etcdroute.bench.workload import DEFAULT_MIX, DISTRIBUTIONS, Workload
 from etcdroute.bench.workload import parse_mix as _parse_mix
 from etcdroute.embedded import EmbeddedEtcd
 from etcdroute.errors import InvalidArgumentError, StoreError
-from etcdroute.store import EtcdStore
+from etcdroute.store import EtcdStore, parse_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ _DEFAULT_OUTPUT = "benchmarks/results/tmp/bench.json"
 )
 @click.option(
     "--duration",
-    type=float,
+    type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
     help="Seconds per run (0: use --ops).",
@@ -134,7 +134,13 @@ _DEFAULT_OUTPUT = "benchmarks/results/tmp/bench.json"
     default=None,
     help="Links of the capacity model [full 100000, else 0].",
 )
-@click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=3600, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Deadline of every etcd call, in seconds.",
+)
 @click.option(
     "--output",
     default=_DEFAULT_OUTPUT,
@@ -166,6 +172,8 @@ def bench(**options: Any) -> None:
             output.with_name(output.stem + "-histories")
         )
         repeat = options["repeat"] or (3 if options["full"] else 1)
+        if options["endpoints"] is not None:
+            parse_endpoints(options["endpoints"])
         config = BenchConfig(
             scenarios,
             history_dir=history_dir,
@@ -180,8 +188,18 @@ def bench(**options: Any) -> None:
     if capacity_links is None:
         capacity_links = 100_000 if options["full"] else 0
 
+    # Refuse an unwritable output before any etcd is started.
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(
+            f"--output {output}: cannot create its folder: {exc.strerror}"
+        ) from exc
+
     try:
         ok = _run(options, config, capacity_links, output)
+    except InvalidArgumentError as exc:
+        raise click.UsageError(str(exc)) from exc
     except (StoreError, BenchError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_STORE)
