@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     EtcdStore,
@@ -21,15 +22,6 @@ from etcdroute import (
 from etcdroute.keys import Keyspace
 
 Factory = Callable[..., ServerDriver]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_start_registers_atomically(

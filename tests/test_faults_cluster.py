@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     DriverConfig,
@@ -53,15 +54,6 @@ CONFIG = DriverConfig(
     fencing_margin=0.5,
     max_backoff=1.0,
 )
-
-
-def poll(condition: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +212,9 @@ def _leader_away_from(cluster: EmbeddedEtcd, index: int) -> int:
     leader = cluster.leader_index()
     if leader == index:
         move_leader(cluster, (index + 1) % 3)
-        assert poll(lambda: cluster.leader_index() not in (None, index), 10)
+        assert wait_until(
+            lambda: cluster.leader_index() not in (None, index), 10
+        )
         leader = cluster.leader_index()
     assert leader is not None
     return leader
@@ -231,7 +225,9 @@ def _check_pods_kept_leases(
 ) -> None:
     for driver, lease in zip(drivers, leases, strict=True):
         assert driver.lease_id == lease
-        assert poll(lambda d=driver: d.state is SessionState.REGISTERED, 10)
+        assert wait_until(
+            lambda d=driver: d.state is SessionState.REGISTERED, 10
+        )
         kv, _ = store.get(driver.keyspace.pod_key("game", driver.pod_id))
         assert kv is not None and kv.create_revision == driver.epoch
 
@@ -340,7 +336,7 @@ def test_quorum_lost_then_regained(
         # one live lease, and every link is bound to a live pod's lease.
         registered = {}
         for driver in drivers:
-            assert poll(lambda d=driver: d.lease_valid(), 15)
+            assert wait_until(lambda d=driver: d.lease_valid(), 15)
             pod, _ = store.get(keyspace.pod_key("game", driver.pod_id))
             load, _ = store.get(keyspace.load_key("game", driver.pod_id))
             assert pod is not None and load is not None
@@ -370,13 +366,13 @@ def test_whole_cluster_restart_drivers_come_back(
 
     # Drivers come back by themselves and serve link calls again.
     for driver in drivers:
-        assert poll(
+        assert wait_until(
             lambda d=driver: (
                 d.state is SessionState.REGISTERED and d.lease_valid()
             ),
             20,
         )
-    assert poll(lambda: _can_link(drivers[0], "after-restart"), 20)
+    assert wait_until(lambda: _can_link(drivers[0], "after-restart"), 20)
     with EtcdStore(healthy.endpoints, timeout=5) as store:
         kvs, _ = store.get_prefix(keyspace.links_prefix("game"))
         stored = {

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     DriverConfig,
@@ -33,15 +34,6 @@ CONFIG = DriverConfig(
     max_backoff=0.5,
 )
 CALL_TIMEOUT = 1.0
-
-
-def poll(condition: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture
@@ -84,7 +76,7 @@ def test_proxy_cut_fails_calls_within_deadline_and_restore_heals(
             through.get("proxy-check")
         assert time.monotonic() - started < CALL_TIMEOUT + 1.5
         proxy.restore()
-        assert poll(lambda: _readable(through), 10)
+        assert wait_until(lambda: _readable(through), 10)
         proxy.delay(0.2)
         started = time.monotonic()
         assert through.get("proxy-check")[0] is not None
@@ -125,7 +117,7 @@ def test_fr02_partition_longer_than_ttl_then_heal(
     assert noticed <= driver.session.lease_deadline + 0.5
     assert not driver.ownership.owns("u1")
     # ...which comes before etcd expires the lease.
-    assert poll(lambda: store.get(pod_key)[0] is None, 15)
+    assert wait_until(lambda: store.get(pod_key)[0] is None, 15)
     assert noticed <= time.monotonic()
     # Link calls fail within their deadline with a clear error (no I/O
     # at all for this pod's own links once its deadline has passed).
@@ -140,7 +132,7 @@ def test_fr02_partition_longer_than_ttl_then_heal(
 
     # Back under one new lease within two state periods (plus slack for
     # gRPC to reconnect on a shared machine).
-    assert poll(
+    assert wait_until(
         lambda: (
             driver.state is SessionState.REGISTERED
             and driver.lease_id != old_lease
@@ -197,7 +189,7 @@ def test_fr03_state_job_survives_a_long_outage(
         assert not driver.lease_valid()
         proxy.restore()
         healed = time.monotonic()
-        assert poll(
+        assert wait_until(
             lambda old=old_lease: (
                 driver.state is SessionState.REGISTERED
                 and driver.lease_id != old

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     DriverConfig,
@@ -22,16 +23,6 @@ from etcdroute.models import encode_link
 from etcdroute.store import Compare, EtcdStore, Get, Put
 
 MakeDriver = Callable[..., ServerDriver]
-
-
-def poll(condition: Callable[[], bool], timeout: float) -> bool:
-    """Wait until ``condition()`` is true; False if ``timeout`` passed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def link_key(driver: ServerDriver, uid: str) -> str:
@@ -221,7 +212,7 @@ def test_fr12_stalled_pod_loses_uid_and_its_guarded_ops_fail(
 
     # Stall pod 1: no more keepalives; etcd expires its lease.
     one._state_job.pause()
-    assert poll(lambda: store.get(pod_key)[0] is None, 15)
+    assert wait_until(lambda: store.get(pod_key)[0] is None, 15)
     gone_at = time.monotonic()
     waiter.join(30)
 
@@ -236,7 +227,7 @@ def test_fr12_stalled_pod_loses_uid_and_its_guarded_ops_fail(
         one.ownership.fenced_write("u1", key, b"stale")
     old_lease = one.lease_id
     one._state_job.resume()
-    assert poll(
+    assert wait_until(
         lambda: (
             one.state is SessionState.REGISTERED and one.lease_id != old_lease
         ),
@@ -268,7 +259,7 @@ def test_fr01_revoked_lease_is_lost_once_and_pod_registers_again(
     assert store.revoke_lease(old_lease)
     driver._state_job.resume()
 
-    assert poll(
+    assert wait_until(
         lambda: (
             driver.state is SessionState.REGISTERED
             and driver.lease_id != old_lease
@@ -310,7 +301,7 @@ def test_fr05_all_leases_revoked_every_pod_registers_again(
     period = drivers[0].config.state_interval
     # One state period to notice, up to half a period of jitter, plus
     # generous slack for a shared CI machine.
-    assert poll(
+    assert wait_until(
         lambda: all(
             d.state is SessionState.REGISTERED and d.lease_id != old[d.pod_id]
             for d in drivers
@@ -372,8 +363,8 @@ def test_persistent_links_are_adopted_by_the_next_life(
     old_lease, old_epoch = driver.lease_id, driver.epoch
 
     assert store.revoke_lease(old_lease)
-    assert poll(lambda: driver.lease_id != old_lease, 10)
-    assert poll(lambda: driver.state is SessionState.REGISTERED, 10)
+    assert wait_until(lambda: driver.lease_id != old_lease, 10)
+    assert wait_until(lambda: driver.state is SessionState.REGISTERED, 10)
 
     # The link survived the lease but belongs to the earlier life.
     kv, _ = store.get(link_key(driver, "u1"))

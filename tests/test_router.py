@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     Consistency,
@@ -45,15 +46,6 @@ def etcd_links(store: EtcdStore, namespace: str) -> dict[str, CachedLink]:
         uid = keyspace.uid_from_link_key(SERVICE, kv.key)
         found[uid] = CachedLink(pod_id, kv.mod_revision)
     return found
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 @pytest.fixture

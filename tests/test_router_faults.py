@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pytest
+from polling import wait_until
 
 from etcdroute import (
     Credentials,
@@ -45,16 +46,9 @@ SLOW_LEASE = DriverConfig(
 QUICK = RouterConfig(max_staleness=1.0, progress_interval=0.2, max_backoff=0.5)
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return True
-        except StoreError:
-            pass
-        time.sleep(0.05)
-    return check()
+def wait_store(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Wait for ``check``, counting etcd errors as "not yet"."""
+    return wait_until(check, timeout, ignore=(StoreError,))
 
 
 def etcd_links(store: EtcdStore) -> dict[str, tuple[int, int]]:
@@ -79,7 +73,7 @@ def relink(endpoints: str, uid: str, pod_id: int) -> int:
     """Force a link through a client of our own; returns its revision."""
     with EtcdStore(endpoints) as other:
         table = LinkTable(other, KEYSPACE)
-        assert wait_until(lambda: bool(table.pods(SERVICE)[0]))
+        assert wait_store(lambda: bool(table.pods(SERVICE)[0]))
         return table.set(SERVICE, uid, pod_id).revision
 
 
@@ -133,7 +127,7 @@ def test_paused_etcd_bounds_staleness(etcd: EmbeddedEtcd) -> None:
             assert early.source is Source.CACHE
             # ...but the proof of freshness ages, and past the bound the
             # cache is bypassed: the call then fails within its deadline.
-            assert wait_until(lambda: router.staleness() > 1.0, 10)
+            assert wait_store(lambda: router.staleness() > 1.0, 10)
             started = time.monotonic()
             with pytest.raises(StoreError):
                 router.route("u1")
@@ -145,7 +139,7 @@ def test_paused_etcd_bounds_staleness(etcd: EmbeddedEtcd) -> None:
         def cached_again() -> bool:
             return router.route("u1").source is Source.CACHE
 
-        assert wait_until(cached_again, 15)
+        assert wait_store(cached_again, 15)
         again = router.route("u1")
         assert (again.pod_id, again.link_revision) == (
             made.pod_id,
@@ -181,15 +175,15 @@ def test_etcd_restart_rebuilds_the_watch(
             # Another client changes a link once etcd is back.
             uid = f"after-{cycle}"
             revision = relink(etcd.endpoint_string, uid, cycle % 2)
-            assert wait_until(partial(holds, router, uid, revision), 15)
-            assert wait_until(lambda: router.state is MirrorState.LIVE)
+            assert wait_store(partial(holds, router, uid, revision), 15)
+            assert wait_store(lambda: router.state is MirrorState.LIVE)
         assert router.sync(10)
         with EtcdStore(etcd.endpoint_string) as check:
             assert cached(router) == etcd_links(check)
         lost = [r for r in caplog.records if "watch lost" in r.getMessage()]
         assert len(lost) >= cycles
         # Watch threads are replaced, not accumulated.
-        assert wait_until(
+        assert wait_store(
             lambda: threading.active_count() <= threads_before + 1, 10
         )
     finally:
@@ -289,7 +283,7 @@ def test_refused_watch_fails_start_naming_the_prefix(
         router.start()
     assert refused.value.prefix.startswith(f"etcdroute/{NS}/")
     assert refused.value.prefix in str(refused.value)
-    assert wait_until(lambda: threading.active_count() <= threads_before, 5)
+    assert wait_store(lambda: threading.active_count() <= threads_before, 5)
 
 
 def test_permission_lost_mid_run_degrades_then_recovers(
@@ -314,14 +308,14 @@ def test_permission_lost_mid_run_degrades_then_recovers(
 
         revoke(auth_etcd, links)
         router._mirror.drop_watch()  # any reconnect now meets the refusal
-        assert wait_until(lambda: router.state is MirrorState.DEGRADED)
+        assert wait_store(lambda: router.state is MirrorState.DEGRADED)
         bypassed = router.lookup("u1")
         assert bypassed is not None and bypassed.source is Source.ETCD
         assert bypassed.link_revision == made.revision
 
         grant(auth_etcd, links)
-        assert wait_until(lambda: router.state is MirrorState.LIVE)
-        assert wait_until(
+        assert wait_store(lambda: router.state is MirrorState.LIVE)
+        assert wait_store(
             lambda: router.route("u1").source is Source.CACHE, 10
         )
     finally:
@@ -371,7 +365,7 @@ def test_member_in_use_dies() -> None:
                 entry = router.cached().get("u1")
                 return entry is not None and entry.revision == made.revision
 
-            assert wait_until(seen, 15)
+            assert wait_store(seen, 15)
 
             # The member comes back; nothing is duplicated or lost.
             etcd.restart(index)
