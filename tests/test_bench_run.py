@@ -43,13 +43,16 @@ def _hot(seconds: float = 1.5) -> Scenario:
 
 
 @pytest.fixture(scope="module")
-def hot_run(
-    etcd_endpoints: str, tmp_path_factory: pytest.TempPathFactory
-) -> Any:
+def hot_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     history_dir = tmp_path_factory.mktemp("histories")
     config = BenchConfig((_hot(),), history_dir=str(history_dir), pods=3)
-    with EtcdStore(etcd_endpoints) as store:
-        results = Harness(store, etcd_endpoints, config).run()
+    # Own etcd: the lock recipe leaks leases (FR13), which must neither
+    # blur these lease counts nor expire under other tests' counts.
+    with (
+        EmbeddedEtcd(unsafe_no_fsync=True) as etcd,
+        EtcdStore(etcd.endpoint_string) as store,
+    ):
+        results = Harness(store, etcd.endpoint_string, config).run()
         leases_after = store.lease_count()
     return results, history_dir, leases_after
 
@@ -255,9 +258,7 @@ def test_capacity_model_measures_storage_per_link() -> None:
     assert figures["create_rate"] > 0
 
 
-def test_variants_run_together_share_one_window(
-    etcd_endpoints: str, tmp_path: Path
-) -> None:
+def test_variants_run_together_share_one_window(tmp_path: Path) -> None:
     workload = Workload("hotkey", keys=100, hot_keys=4, seed=3)
     scenario = Scenario(
         "duel",
@@ -269,8 +270,13 @@ def test_variants_run_together_share_one_window(
         together=True,
     )
     config = BenchConfig((scenario,), history_dir=str(tmp_path), pods=2)
-    with EtcdStore(etcd_endpoints) as store:
-        results = Harness(store, etcd_endpoints, config).run()
+    # Own etcd: leases left by other tests (the lock recipe leaks them)
+    # would expire during the run and blur the lease counts checked here.
+    with (
+        EmbeddedEtcd(unsafe_no_fsync=True) as etcd,
+        EtcdStore(etcd.endpoint_string) as store,
+    ):
+        results = Harness(store, etcd.endpoint_string, config).run()
     runs = {run["variant"]: run for run in results[0].runs}
     assert set(runs) == {"etcdroute", "naive"}
     ours, naive = runs["etcdroute"], runs["naive"]
