@@ -7,12 +7,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
+from conftest import FAST
 from polling import wait_until
 
 from etcdroute import (
-    DriverConfig,
     InvalidArgumentError,
     NotOwnerError,
     ServerDriver,
@@ -350,14 +351,7 @@ def test_fr13_one_lease_per_pod_under_contention(
 def test_persistent_links_are_adopted_by_the_next_life(
     make_driver: MakeDriver, store: EtcdStore
 ) -> None:
-    persistent = DriverConfig(
-        lease_ttl=2,
-        state_interval=0.5,
-        workload_interval=0.5,
-        fencing_margin=0.3,
-        max_backoff=0.5,
-        persistent_links=True,
-    )
+    persistent = replace(FAST, persistent_links=True)
     driver = make_driver(1, config=persistent)
     first = driver.try_set_linked_pod("u1")
     old_lease, old_epoch = driver.lease_id, driver.epoch

@@ -10,14 +10,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from conftest import FAST
 from polling import wait_until
 
 from etcdroute import (
     Consistency,
-    DriverConfig,
     EtcdStore,
     InvalidArgumentError,
     LifecycleError,
@@ -439,14 +440,7 @@ def test_link_of_unregistered_owner_is_replaced_atomically(
     store: EtcdStore,
     namespace: str,
 ) -> None:
-    persistent = DriverConfig(
-        lease_ttl=2,
-        state_interval=0.5,
-        workload_interval=0.5,
-        fencing_margin=0.3,
-        max_backoff=0.5,
-        persistent_links=True,
-    )
+    persistent = replace(FAST, persistent_links=True)
     gone = make_driver(0, config=persistent, address="gone:1")
     make_driver(1, config=persistent, address="b:1")
     make_driver(2, config=persistent, address="c:1")
